@@ -1,0 +1,411 @@
+//! The internal configuration model.
+//!
+//! Two front ends produce it: the native YAML format ([`yaml`]) and nginx.conf
+//! (`crate::nginx`). Everything at run time reads only this model, so both
+//! front ends behave the same by construction.
+
+pub mod template;
+pub mod units;
+pub mod yaml;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use template::{Template, Var};
+
+/// Where a piece of configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}", self.file, self.line)
+        } else {
+            f.write_str(&self.file)
+        }
+    }
+}
+
+/// A configuration error: names the file, the line and what is wrong.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(origin: Origin, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (or `<command line>` / `<embedded>`).
+    pub source: String,
+    pub servers: Vec<Server>,
+    pub diagnostics: Diagnostics,
+    pub logging: Logging,
+    /// Worker threads (0 = number of CPUs).
+    pub threads: usize,
+    /// Directives or keys that were read but not supported (reported by `check`).
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Where logs go. `None` = standard error.
+#[derive(Debug, Clone, Default)]
+pub struct Logging {
+    /// nginx-format error log.
+    pub error_log: Option<PathBuf>,
+    /// Structured JSON events (one line per failure).
+    pub events: Option<PathBuf>,
+    /// Access log (nginx combined format); None = off.
+    pub access_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    /// Send the cause header, Proxy-Status and the diagnostic error page.
+    pub enabled: bool,
+    /// Clients that may see details (socket paths, stderr text, file paths).
+    pub trusted: Vec<IpNet>,
+    /// Name of the header carrying the cause code.
+    pub cause_header: String,
+    /// Name of the header carrying the request id.
+    pub request_id_header: String,
+}
+
+impl Default for Diagnostics {
+    fn default() -> Self {
+        Diagnostics {
+            enabled: true,
+            trusted: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .iter()
+            .filter_map(|s| IpNet::parse(s))
+            .collect(),
+            cause_header: "Why502-Cause".into(),
+            request_id_header: "Why502-Request-Id".into(),
+        }
+    }
+}
+
+/// An IP network (CIDR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::*;
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map(V4).unwrap_or(V6(v6)),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (V4(n), V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (V6(n), V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub default_server: bool,
+    pub tls: Option<TlsFiles>,
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<Listen>,
+    /// server_name entries: exact, `*.example.com`, `example.*`, or `~regex`.
+    pub names: Vec<String>,
+    pub root: PathBuf,
+    pub index: Vec<String>,
+    pub locations: Vec<Location>,
+    pub client_max_body_size: u64,
+    pub client_body_timeout: Duration,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub enum Match {
+    /// `location = /x`
+    Exact(String),
+    /// `location /x`
+    Prefix(String),
+    /// `location ^~ /x`
+    PrefixNoRegex(String),
+    /// `location ~ re` / `location ~* re`
+    Regex {
+        re: regex::Regex,
+        case_insensitive: bool,
+    },
+    /// `location @name`
+    Named(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub matcher: Match,
+    pub root: Option<PathBuf>,
+    pub alias: Option<Template>,
+    pub index: Option<Vec<String>>,
+    pub try_files: Option<Vec<Template>>,
+    pub ret: Option<Return>,
+    pub fastcgi: Option<Arc<FastCgi>>,
+    pub locations: Vec<Location>,
+    pub origin: Origin,
+}
+
+impl Location {
+    pub fn new(matcher: Match, origin: Origin) -> Location {
+        Location {
+            matcher,
+            root: None,
+            alias: None,
+            index: None,
+            try_files: None,
+            ret: None,
+            fastcgi: None,
+            locations: Vec::new(),
+            origin,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Return {
+    pub code: u16,
+    pub text: Option<Template>,
+}
+
+/// A `fastcgi_pass` and everything that goes with it.
+#[derive(Debug, Clone)]
+pub struct FastCgi {
+    pub upstream: Arc<Upstream>,
+    /// Params in order (nginx sends them in configuration order).
+    pub params: Vec<Param>,
+    pub split_path_info: Option<regex::Regex>,
+    pub index: Option<String>,
+    pub connect_timeout: Duration,
+    pub send_timeout: Duration,
+    pub read_timeout: Duration,
+    /// The response header block (with record overhead) must fit in this.
+    pub buffer_size: usize,
+    pub keep_conn: bool,
+    pub intercept_errors: bool,
+    pub hide_headers: Vec<String>,
+    pub pass_headers: Vec<String>,
+    /// Send request headers as HTTP_* params (fastcgi_pass_request_headers).
+    pub pass_request_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub name: String,
+    pub value: Template,
+    pub if_not_empty: bool,
+}
+
+/// Debian's `fastcgi.conf` (fastcgi_params plus SCRIPT_FILENAME first).
+pub const FASTCGI_CONF: &[(&str, &str)] = &[
+    ("SCRIPT_FILENAME", "$document_root$fastcgi_script_name"),
+    ("QUERY_STRING", "$query_string"),
+    ("REQUEST_METHOD", "$request_method"),
+    ("CONTENT_TYPE", "$content_type"),
+    ("CONTENT_LENGTH", "$content_length"),
+    ("SCRIPT_NAME", "$fastcgi_script_name"),
+    ("REQUEST_URI", "$request_uri"),
+    ("DOCUMENT_URI", "$document_uri"),
+    ("DOCUMENT_ROOT", "$document_root"),
+    ("SERVER_PROTOCOL", "$server_protocol"),
+    ("REQUEST_SCHEME", "$scheme"),
+    ("HTTPS", "$https"),
+    ("GATEWAY_INTERFACE", "CGI/1.1"),
+    ("SERVER_SOFTWARE", "nginx/$nginx_version"),
+    ("REMOTE_ADDR", "$remote_addr"),
+    ("REMOTE_PORT", "$remote_port"),
+    ("REMOTE_USER", "$remote_user"),
+    ("SERVER_ADDR", "$server_addr"),
+    ("SERVER_PORT", "$server_port"),
+    ("SERVER_NAME", "$server_name"),
+    ("REDIRECT_STATUS", "200"),
+];
+
+/// The params Debian's `fastcgi.conf` sets (HTTPS only if not empty).
+pub fn default_params() -> Vec<Param> {
+    FASTCGI_CONF
+        .iter()
+        .map(|(n, v)| Param {
+            name: (*n).to_string(),
+            value: Template::parse(v).unwrap_or_else(|_| Template::literal(v)),
+            if_not_empty: *n == "HTTPS",
+        })
+        .collect()
+}
+
+impl FastCgi {
+    pub fn new(upstream: Arc<Upstream>) -> FastCgi {
+        FastCgi {
+            upstream,
+            params: Vec::new(),
+            split_path_info: None,
+            index: None,
+            connect_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            buffer_size: 4096,
+            keep_conn: false,
+            intercept_errors: false,
+            hide_headers: Vec::new(),
+            pass_headers: Vec::new(),
+            pass_request_headers: true,
+        }
+    }
+}
+
+/// An upstream address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Addr {
+    Unix(PathBuf),
+    /// `host:port` (host may be a name, resolved at connect time).
+    Tcp(String),
+}
+
+impl Addr {
+    /// Parses `unix:/path`, `host:port`, `[v6]:port`.
+    pub fn parse(s: &str) -> Result<Addr, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("empty unix socket path".into());
+            }
+            return Ok(Addr::Unix(PathBuf::from(p)));
+        }
+        let s = s
+            .strip_prefix("http://")
+            .or_else(|| s.strip_prefix("fastcgi://"))
+            .unwrap_or(s);
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Addr::Tcp(s.to_string()))
+            }
+            _ => Err(format!(
+                "invalid upstream address \"{s}\": expected unix:/path or host:port"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Addr {
+    /// nginx's peer name: `unix:/path` or `host:port`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+            Addr::Tcp(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamServer {
+    pub addr: Addr,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub backup: bool,
+}
+
+impl UpstreamServer {
+    pub fn new(addr: Addr) -> Self {
+        UpstreamServer {
+            addr,
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            backup: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub servers: Vec<UpstreamServer>,
+    /// Idle connections kept per worker (nginx `keepalive N`); 0 = none.
+    pub keepalive: usize,
+}
+
+impl Upstream {
+    /// An anonymous upstream with one server (`fastcgi_pass unix:/x`).
+    pub fn single(addr: Addr) -> Upstream {
+        Upstream {
+            name: addr.to_string(),
+            servers: vec![UpstreamServer::new(addr)],
+            keepalive: 32,
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! The native YAML configuration format (serde_yaml), converted into the
+//! internal model. Values are validated while they are deserialized so that
+//! every error carries the file, line and field path.
+//!
+//! See `config/why502.yaml` for an annotated example.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::units::{parse_duration, parse_size};
+use super::*;
+
+/// A value parsed from a string with `FromStr`-like validation inside serde.
+macro_rules! string_newtype {
+    ($name:ident, $ty:ty, $parse:expr) => {
+        #[derive(Debug, Clone)]
+        pub struct $name(pub $ty);
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = StrOrNum::deserialize(d)?.0;
+                let f: fn(&str) -> Result<$ty, String> = $parse;
+                f(&s).map($name).map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+/// Accepts `60` as well as `"60s"`.
+struct StrOrNum(String);
+impl<'de> Deserialize<'de> for StrOrNum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            U(u64),
+        }
+        Ok(StrOrNum(match V::deserialize(d)? {
+            V::S(s) => s,
+            V::U(u) => u.to_string(),
+        }))
+    }
+}
+
+string_newtype!(Dur, Duration, parse_duration);
+string_newtype!(Size, u64, parse_size);
+string_newtype!(AddrStr, Addr, Addr::parse);
+string_newtype!(Re, regex::Regex, |s| regex::Regex::new(s)
+    .map_err(|e| format!("invalid regex: {e}")));
+string_newtype!(Tpl, Template, Template::parse);
+string_newtype!(Net, IpNet, |s| IpNet::parse(s).ok_or_else(|| format!(
+    "invalid network \"{s}\" (expected e.g. 10.0.0.0/8)"
+)));
+string_newtype!(SockAddr, SocketAddr, parse_listen_addr);
+
+/// `8080`, `127.0.0.1:8080`, `[::1]:8080`, `*:8080`.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let s2 = s.strip_prefix("*:").map(|p| format!("0.0.0.0:{p}"));
+    let s2 = s2.as_deref().unwrap_or(s);
+    s2.parse()
+        .map_err(|_| format!("invalid listen address \"{s}\" (expected host:port)"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    threads: usize,
+    #[serde(default)]
+    log: LogFile,
+    #[serde(default)]
+    diagnostics: Option<DiagFile>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamFile>,
+    servers: Vec<ServerFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    error_log: Option<String>,
+    events: Option<String>,
+    access_log: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiagFile {
+    #[serde(default = "yes")]
+    enabled: bool,
+    trusted: Option<Vec<Net>>,
+    cause_header: Option<String>,
+    request_id_header: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    servers: Vec<UpstreamServerFile>,
+    #[serde(default)]
+    keepalive: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UpstreamServerFile {
+    Short(AddrStr),
+    Long(UpstreamServerLong),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamServerLong {
+    address: AddrStr,
+    weight: Option<u32>,
+    max_fails: Option<u32>,
+    fail_timeout: Option<Dur>,
+    #[serde(default)]
+    backup: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListenFile {
+    Short(SockAddr),
+    Long(ListenLong),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenLong {
+    address: SockAddr,
+    #[serde(default)]
+    default_server: bool,
+    #[serde(default)]
+    http2: bool,
+    tls: Option<TlsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Vec<ListenFile>,
+    #[serde(default)]
+    server_name: Vec<String>,
+    root: Option<PathBuf>,
+    index: Option<Vec<String>>,
+    client_max_body_size: Option<Size>,
+    client_body_timeout: Option<Dur>,
+    #[serde(default)]
+    locations: Vec<LocationFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationFile {
+    exact: Option<String>,
+    prefix: Option<String>,
+    prefix_no_regex: Option<String>,
+    regex: Option<String>,
+    iregex: Option<String>,
+    named: Option<String>,
+    root: Option<PathBuf>,
+    alias: Option<Tpl>,
+    index: Option<Vec<String>>,
+    try_files: Option<Vec<Tpl>>,
+    #[serde(rename = "return")]
+    ret: Option<ReturnFile>,
+    fastcgi: Option<FastCgiFile>,
+    #[serde(default)]
+    locations: Vec<LocationFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReturnFile {
+    code: u16,
+    text: Option<Tpl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastCgiFile {
+    pass: String,
+    #[serde(default = "yes")]
+    default_params: bool,
+    #[serde(default)]
+    params: BTreeMap<String, Tpl>,
+    split_path_info: Option<Re>,
+    index: Option<String>,
+    connect_timeout: Option<Dur>,
+    send_timeout: Option<Dur>,
+    read_timeout: Option<Dur>,
+    buffer_size: Option<Size>,
+    #[serde(default)]
+    keep_conn: bool,
+    #[serde(default)]
+    intercept_errors: bool,
+    #[serde(default)]
+    hide_headers: Vec<String>,
+    #[serde(default)]
+    pass_headers: Vec<String>,
+}
+
+/// Reads and converts a YAML config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            Origin {
+                file: name.clone(),
+                line: 0,
+            },
+            format!("cannot read: {e}"),
+        )
+    })?;
+    load_str(&text, &name)
+}
+
+/// Converts YAML text; `name` is used in error messages.
+pub fn load_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+    let file: File = serde_yaml::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line()).unwrap_or(0);
+        // serde_yaml appends " at line L column C"; the origin says it already.
+        let msg = e.to_string();
+        let msg = match msg.rfind(" at line ") {
+            Some(i) if line > 0 => msg[..i].to_string(),
+            _ => msg,
+        };
+        ConfigError::new(
+            Origin {
+                file: name.to_string(),
+                line,
+            },
+            msg,
+        )
+    })?;
+    convert(file, text, name)
+}
+
+/// The line of the first occurrence of `needle` in the text (1-based), for
+/// errors about cross references that serde cannot place.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(0)
+}
+
+fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
+    let origin = |needle: &str| Origin {
+        file: name.to_string(),
+        line: line_of(text, needle),
+    };
+    let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+    for (uname, u) in file.upstreams {
+        if u.servers.is_empty() {
+            return Err(ConfigError::new(
+                origin(&format!("{uname}:")),
+                format!("upstreams.{uname}: no servers"),
+            ));
+        }
+        let servers = u
+            .servers
+            .into_iter()
+            .map(|s| match s {
+                UpstreamServerFile::Short(a) => UpstreamServer::new(a.0),
+                UpstreamServerFile::Long(l) => {
+                    let mut s = UpstreamServer::new(l.address.0);
+                    s.weight = l.weight.unwrap_or(1).max(1);
+                    s.max_fails = l.max_fails.unwrap_or(1);
+                    if let Some(t) = l.fail_timeout {
+                        s.fail_timeout = t.0;
+                    }
+                    s.backup = l.backup;
+                    s
+                }
+            })
+            .collect();
+        upstreams.insert(
+            uname.clone(),
+            Arc::new(Upstream {
+                name: uname,
+                servers,
+                keepalive: u.keepalive.unwrap_or(32),
+            }),
+        );
+    }
+
+    if file.servers.is_empty() {
+        return Err(ConfigError::new(
+            origin("servers"),
+            "servers: at least one server is required",
+        ));
+    }
+    let mut servers = Vec::new();
+    for s in file.servers {
+        let listen = s
+            .listen
+            .into_iter()
+            .map(|l| match l {
+                ListenFile::Short(a) => Listen {
+                    addr: a.0,
+                    default_server: false,
+                    tls: None,
+                    http2: false,
+                },
+                ListenFile::Long(l) => Listen {
+                    addr: l.address.0,
+                    default_server: l.default_server,
+                    tls: l.tls.map(|t| TlsFiles {
+                        cert: t.cert,
+                        key: t.key,
+                    }),
+                    http2: l.http2,
+                },
+            })
+            .collect();
+        let mut locations = Vec::new();
+        for l in s.locations {
+            locations.push(convert_location(l, &upstreams, &origin)?);
+        }
+        servers.push(Server {
+            listen,
+            names: s.server_name,
+            root: s.root.unwrap_or_else(|| PathBuf::from("/var/www/html")),
+            index: s.index.unwrap_or_else(|| vec!["index.html".into()]),
+            locations,
+            client_max_body_size: s.client_max_body_size.map(|x| x.0).unwrap_or(1 << 20),
+            client_body_timeout: s
+                .client_body_timeout
+                .map(|x| x.0)
+                .unwrap_or(Duration::from_secs(60)),
+            origin: origin("listen"),
+        });
+    }
+
+    let mut diagnostics = Diagnostics::default();
+    if let Some(d) = file.diagnostics {
+        diagnostics.enabled = d.enabled;
+        if let Some(t) = d.trusted {
+            diagnostics.trusted = t.into_iter().map(|n| n.0).collect();
+        }
+        if let Some(h) = d.cause_header {
+            diagnostics.cause_header = h;
+        }
+        if let Some(h) = d.request_id_header {
+            diagnostics.request_id_header = h;
+        }
+    }
+    let log_path = |s: Option<String>| s.filter(|s| s != "stderr").map(PathBuf::from);
+    Ok(Config {
+        source: name.to_string(),
+        servers,
+        diagnostics,
+        logging: Logging {
+            error_log: log_path(file.log.error_log),
+            events: log_path(file.log.events),
+            access_log: log_path(file.log.access_log.filter(|s| s != "off")),
+        },
+        threads: file.threads,
+        warnings: Vec::new(),
+    })
+}
+
+fn convert_location(
+    l: LocationFile,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    origin: &dyn Fn(&str) -> Origin,
+) -> Result<Location, ConfigError> {
+    let mut matchers = Vec::new();
+    if let Some(p) = l.exact {
+        matchers.push((Match::Exact(p.clone()), p));
+    }
+    if let Some(p) = l.prefix {
+        matchers.push((Match::Prefix(p.clone()), p));
+    }
+    if let Some(p) = l.prefix_no_regex {
+        matchers.push((Match::PrefixNoRegex(p.clone()), p));
+    }
+    for (src, ci) in [(l.regex, false), (l.iregex, true)] {
+        if let Some(r) = src {
+            let pattern = if ci { format!("(?i){r}") } else { r.clone() };
+            let re = regex::Regex::new(&pattern)
+                .map_err(|e| ConfigError::new(origin(&r), format!("invalid regex \"{r}\": {e}")))?;
+            matchers.push((
+                Match::Regex {
+                    re,
+                    case_insensitive: ci,
+                },
+                r,
+            ));
+        }
+    }
+    if let Some(n) = l.named {
+        matchers.push((Match::Named(n.clone()), n));
+    }
+    let (matcher, key) = match matchers.len() {
+        1 => matchers.remove(0),
+        _ => return Err(ConfigError::new(
+            origin("locations"),
+            "a location needs exactly one of exact, prefix, prefix_no_regex, regex, iregex, named",
+        )),
+    };
+    let here = origin(&key);
+    let mut loc = Location::new(matcher, here.clone());
+    loc.root = l.root;
+    loc.alias = l.alias.map(|a| a.0);
+    loc.index = l.index;
+    loc.try_files = l.try_files.map(|v| v.into_iter().map(|t| t.0).collect());
+    loc.ret = l.ret.map(|r| Return {
+        code: r.code,
+        text: r.text.map(|t| t.0),
+    });
+    if let Some(f) = l.fastcgi {
+        let upstream = match upstreams.get(&f.pass) {
+            Some(u) => u.clone(),
+            None => match Addr::parse(&f.pass) {
+                Ok(a) => Arc::new(Upstream::single(a)),
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        origin(&format!("pass: {}", f.pass)),
+                        format!(
+                            "fastcgi.pass: \"{}\" is neither an upstream name nor an address (unix:/path or host:port)",
+                            f.pass
+                        ),
+                    ))
+                }
+            },
+        };
+        let mut fc = FastCgi::new(upstream);
+        if f.default_params {
+            fc.params = default_params();
+        }
+        for (name, value) in f.params {
+            fc.params.push(Param {
+                name,
+                value: value.0,
+                if_not_empty: false,
+            });
+        }
+        fc.split_path_info = f.split_path_info.map(|r| r.0);
+        fc.index = f.index;
+        if let Some(t) = f.connect_timeout {
+            fc.connect_timeout = t.0;
+        }
+        if let Some(t) = f.send_timeout {
+            fc.send_timeout = t.0;
+        }
+        if let Some(t) = f.read_timeout {
+            fc.read_timeout = t.0;
+        }
+        if let Some(b) = f.buffer_size {
+            fc.buffer_size = usize::try_from(b.0).unwrap_or(usize::MAX);
+        }
+        fc.keep_conn = f.keep_conn;
+        fc.intercept_errors = f.intercept_errors;
+        fc.hide_headers = f.hide_headers;
+        fc.pass_headers = f.pass_headers;
+        loc.fastcgi = Some(Arc::new(fc));
+    }
+    for child in l.locations {
+        loc.locations
+            .push(convert_location(child, upstreams, origin)?);
+    }
+    Ok(loc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let text = "servers:\n  - listen: [127.0.0.1:8080]\n    locations:\n      - prefix: /\n        fastcgi:\n          pass: unix:/x.sock\n          read_timeout: 5x\n";
+        let e = load_str(text, "t.yaml").expect_err("bad duration");
+        assert_eq!(e.origin.line, 7, "{e}");
+        assert!(e.to_string().contains("read_timeout"), "{e}");
+        assert!(e.to_string().starts_with("t.yaml:7:"), "{e}");
+
+        let e = load_str("servers:\n  - listen: [x]\n", "t.yaml").expect_err("bad listen");
+        assert_eq!(e.origin.line, 2, "{e}");
+
+        let e = load_str("servers:\n  - listen: [8080]\n    rooot: /x\n", "t.yaml")
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("rooot"), "{e}");
+        assert_eq!(e.origin.line, 3, "{e}");
+
+        let text = "servers:\n  - listen: [8080]\n    locations:\n      - prefix: /\n        fastcgi:\n          pass: nope\n";
+        let e = load_str(text, "t.yaml").expect_err("bad pass");
+        assert_eq!(e.origin.line, 6, "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! why502: a reverse proxy for PHP-FPM (FastCGI) and HTTP backends that names
+//! the precise cause of every failed request.
+//!
+//! Where things live:
+//! - [`fastcgi`]: the FastCGI codec (records, params, CGI headers), no I/O.
+//! - [`cause`]: the cause taxonomy, the product's public vocabulary.
+//! - [`config`]: the internal configuration model and its YAML front end;
+//!   [`nginx`] is the nginx.conf front end into the same model.
+//! - [`upstream`]: connecting to upstreams, pools, server selection.
+//! - [`proxy`]: the Pingora wiring: routing, static files, the FastCGI gateway.
+//! - [`report`]: cause header, Proxy-Status, error page, logs;
+//!   [`stderr`]: diagnosis from PHP's stderr.
+//! - [`cli`], [`server`]: the command line and the Pingora server.
+
+pub mod cause;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod fastcgi;
+pub mod nginx;
+pub mod proxy;
+pub mod report;
+pub mod server;
+pub mod stderr;
+pub mod upstream;

@@ -1,0 +1,866 @@
+//! The FastCGI gateway: sends one request to PHP-FPM (or any FastCGI
+//! responder) and streams the response to the client, diagnosing every way
+//! the exchange can fail. The wire format is [`crate::fastcgi`]; this file is
+//! the I/O, the timeouts and the mapping of each failure onto a [`Cause`].
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cause::{Cause, Phase};
+use crate::config::template::Vars;
+use crate::config::{Addr, FastCgi, Server};
+use crate::fastcgi::cgi::{CgiError, CgiHead, CgiHeaderParser};
+use crate::fastcgi::decoder::{Frame, FramingError, PeerGuess, ResponseDecoder};
+use crate::fastcgi::params::encode_pair;
+use crate::fastcgi::record::{self, ProtocolStatus};
+use crate::report::{self, Failure};
+use crate::stderr::{self, StderrDiagnosis};
+use crate::upstream::{self, Conn, Pick};
+
+use super::{Abort, ReqCtx, Why502};
+
+/// nginx always uses request id 1.
+const REQUEST_ID: u16 = 1;
+/// Bytes of stderr kept for the report.
+const STDERR_KEEP: usize = 2048;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Encodes the params for a request: configured params in order, then the
+/// request headers as `HTTP_*` (nginx's `fastcgi_pass_request_headers`).
+pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> BytesMut {
+    let mut p = BytesMut::with_capacity(1024);
+    for param in &fc.params {
+        let v = param.value.eval(vars);
+        if param.if_not_empty && v.is_empty() {
+            continue;
+        }
+        encode_pair(&mut p, param.name.as_bytes(), v.as_bytes());
+    }
+    if !fc.pass_request_headers {
+        return p;
+    }
+    let mut name = Vec::with_capacity(64);
+    let mut joined = Vec::new();
+    for key in req.headers.keys() {
+        let k = key.as_str();
+        // underscores_in_headers off: names outside [A-Za-z0-9-] are dropped.
+        if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            continue;
+        }
+        name.clear();
+        name.extend_from_slice(b"HTTP_");
+        name.extend(k.bytes().map(|b| {
+            if b == b'-' {
+                b'_'
+            } else {
+                b.to_ascii_uppercase()
+            }
+        }));
+        // httpoxy: never pass a client's Proxy header as HTTP_PROXY.
+        if &name[..] == b"HTTP_PROXY" {
+            continue;
+        }
+        // A configured param of the same name suppresses the header.
+        if fc.params.iter().any(|p| p.name.as_bytes() == &name[..]) {
+            continue;
+        }
+        let mut values = req.headers.get_all(key).iter();
+        let Some(first) = values.next() else { continue };
+        match values.next() {
+            None => encode_pair(&mut p, &name, first.as_bytes()),
+            Some(second) => {
+                let sep: &[u8] = if k == "cookie" { b"; " } else { b", " };
+                joined.clear();
+                joined.extend_from_slice(first.as_bytes());
+                for v in std::iter::once(second).chain(values) {
+                    joined.extend_from_slice(sep);
+                    joined.extend_from_slice(v.as_bytes());
+                }
+                encode_pair(&mut p, &name, &joined);
+            }
+        }
+    }
+    p
+}
+
+/// nginx's upstream name in log lines.
+fn nginx_upstream(addr: &Addr) -> String {
+    match addr {
+        Addr::Unix(p) => format!("fastcgi://unix:{}:", p.display()),
+        Addr::Tcp(s) => format!("fastcgi://{s}"),
+    }
+}
+
+/// How one attempt against one server ended.
+enum Attempt {
+    /// Response complete; `true` if the connection may be reused.
+    Done(bool),
+    /// Failed before anything reached the client.
+    Failed { f: Failure, retryable: bool },
+    /// A reused connection turned out to be closed before anything happened.
+    StaleReused,
+    /// Already handled (response aborted or client gone).
+    Aborted,
+}
+
+/// Serves a request through FastCGI.
+pub async fn serve(
+    p: &Why502,
+    session: &mut Session,
+    ctx: &mut ReqCtx,
+    server: &Server,
+    fc: &FastCgi,
+    params: BytesMut,
+) -> Result<(), Abort> {
+    let Some(up) = p.rt.upstream_state(&fc.upstream).cloned() else {
+        let f = Failure::new(
+            Cause::ProxyInternal,
+            "upstream state missing",
+            "upstream state missing",
+        );
+        return p.respond_failure(session, ctx, f).await;
+    };
+    let has_body = !session.is_body_done();
+    let mut prelude = BytesMut::with_capacity(params.len() + 64);
+    record::encode_begin_request(&mut prelude, REQUEST_ID, record::RESPONDER, fc.keep_conn);
+    record::encode_params(&mut prelude, REQUEST_ID, &params);
+    if !has_body {
+        record::encode_stdin_end(&mut prelude, REQUEST_ID);
+    }
+    let prelude = prelude.freeze();
+    let idempotent = matches!(
+        session.req_header().method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last: Option<Failure> = None;
+    let mut fresh_retry_used = false;
+    let mut force_fresh = false;
+    loop {
+        let i = match up.pick(&tried) {
+            Pick::Server(i) => i,
+            Pick::NoneLive(why) => {
+                let f = match last.take() {
+                    Some(f) => f,
+                    None => Failure::new(Cause::ConnectNoLiveUpstreams, "no live upstreams", why),
+                };
+                return p.respond_failure(session, ctx, f).await;
+            }
+        };
+        tried.push(i);
+        let addr = &up.config.servers[i].addr;
+        ctx.summary.upstream = nginx_upstream(addr);
+        ctx.summary.next_hop = addr.to_string();
+
+        let t0 = Instant::now();
+        let mut reused = false;
+        let mut conn = match (fc.keep_conn && !force_fresh)
+            .then(|| up.take_idle(i))
+            .flatten()
+        {
+            Some(c) => {
+                reused = true;
+                c
+            }
+            None => match upstream::connect(addr, fc.connect_timeout).await {
+                Ok(c) => c,
+                Err(f) => {
+                    up.failed(i, &f.nginx_message);
+                    last = Some(f);
+                    continue; // next server, or "no live upstreams" reports `last`
+                }
+            },
+        };
+        force_fresh = false;
+        ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+
+        let mut ex = Exchange {
+            p,
+            fc,
+            server,
+            conn: &mut conn,
+            reused,
+            body_consumed: false,
+            diag: None,
+            stderr: String::new(),
+            stdout_seen: false,
+            head_sent: false,
+            declared_len: None,
+            body_sent: 0,
+            head_only: session.req_header().method == http::Method::HEAD,
+        };
+        match ex.run(session, ctx, &prelude, has_body).await {
+            Attempt::Done(reusable) => {
+                up.succeeded(i);
+                if reusable {
+                    up.put_idle(i, conn);
+                }
+                return Ok(());
+            }
+            Attempt::Aborted => return Err(Abort),
+            Attempt::StaleReused if !fresh_retry_used => {
+                // Retry once on a fresh connection to the same server.
+                fresh_retry_used = true;
+                force_fresh = true;
+                tried.pop();
+                continue;
+            }
+            Attempt::StaleReused => {
+                let f = Failure::new(
+                    Cause::HeaderClosedEmpty,
+                    "upstream prematurely closed connection",
+                    "a kept-alive connection and a fresh one both closed without a response",
+                );
+                return p.respond_failure(session, ctx, f).await;
+            }
+            Attempt::Failed { mut f, retryable } => {
+                if !ex.stderr.is_empty() {
+                    ctx.summary.stderr_excerpt = ex.stderr.clone();
+                    if let Some(d) = &ex.diag {
+                        f.details = format!("{}; PHP said: {}", f.details, d.message);
+                    }
+                }
+                up.failed(i, &f.nginx_message);
+                if retryable
+                    && idempotent
+                    && !ex.body_consumed
+                    && tried.len() < up.config.servers.len()
+                {
+                    last = Some(f);
+                    continue;
+                }
+                return p.respond_failure(session, ctx, f).await;
+            }
+        }
+    }
+}
+
+struct Exchange<'a> {
+    p: &'a Why502,
+    fc: &'a FastCgi,
+    server: &'a Server,
+    conn: &'a mut Conn,
+    reused: bool,
+    body_consumed: bool,
+    diag: Option<StderrDiagnosis>,
+    stderr: String,
+    stdout_seen: bool,
+    head_sent: bool,
+    declared_len: Option<u64>,
+    body_sent: u64,
+    head_only: bool,
+}
+
+fn send_failure(e: &std::io::Error) -> Failure {
+    let errno = upstream::errno_text(e);
+    let cause = match e.raw_os_error() {
+        Some(libc::EPIPE) => Cause::SendBrokenPipe,
+        _ => Cause::SendReset,
+    };
+    Failure::new(
+        cause,
+        format!("writev() failed {errno}"),
+        format!("writing the request: {errno}"),
+    )
+}
+
+fn framing_failure(e: &FramingError) -> Failure {
+    let cause = match e {
+        FramingError::NotFastCgi {
+            guess: PeerGuess::Http,
+            ..
+        } => Cause::FramingNotFastcgiHttp,
+        FramingError::NotFastCgi {
+            guess: PeerGuess::Ssh,
+            ..
+        } => Cause::FramingNotFastcgiSsh,
+        FramingError::NotFastCgi {
+            guess: PeerGuess::Tls,
+            ..
+        } => Cause::FramingNotFastcgiTls,
+        FramingError::NotFastCgi { .. } => Cause::FramingNotFastcgi,
+        FramingError::UnsupportedVersion(_) => Cause::FramingBadVersion,
+        FramingError::UnknownRecordType(_) => Cause::FramingUnknownRecordType,
+        FramingError::UnexpectedRequestId(_) => Cause::FramingBadRequestId,
+        FramingError::TruncatedRecord { .. } => Cause::FramingTruncatedRecord,
+        FramingError::BadEndRequest => Cause::FramingUnknownRecordType,
+    };
+    let msg = match e {
+        FramingError::TruncatedRecord { .. } => {
+            "upstream prematurely closed connection".to_string()
+        }
+        _ => e.nginx_message(),
+    };
+    Failure::new(cause, msg, e.to_string())
+}
+
+fn cgi_failure(e: &CgiError) -> Failure {
+    let cause = match e {
+        CgiError::InvalidHeader { .. } => Cause::HeaderInvalid,
+        CgiError::InvalidStatus(_) => Cause::HeaderInvalidStatus,
+        CgiError::TooBig => Cause::HeaderTooBig,
+        CgiError::OutputBeforeHeaders { .. } => Cause::HeaderOutputBeforeHeaders,
+    };
+    let details = match e {
+        CgiError::OutputBeforeHeaders { excerpt } => format!("output before headers: {excerpt}"),
+        CgiError::TooBig => "the header block did not end within buffer_size".to_string(),
+        _ => e.nginx_message(),
+    };
+    Failure::new(cause, e.nginx_message(), details)
+}
+
+impl Exchange<'_> {
+    async fn run(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        prelude: &Bytes,
+        has_body: bool,
+    ) -> Attempt {
+        let fc = self.fc;
+        // ---- send ----
+        match tokio::time::timeout(fc.send_timeout, self.conn.write_all(prelude)).await {
+            Err(_) => {
+                return self.fail(
+                    ctx,
+                    upstream::timeout_failure(Cause::SendTimeout, "while sending the request"),
+                    true,
+                )
+            }
+            Ok(Err(e)) => {
+                if self.reused {
+                    return Attempt::StaleReused;
+                }
+                return self.fail(ctx, send_failure(&e), true);
+            }
+            Ok(Ok(())) => {}
+        }
+        if has_body {
+            if let Some(a) = self.send_body(session, ctx).await {
+                return a;
+            }
+        }
+        // ---- receive ----
+        let mut dec = if self.reused {
+            ResponseDecoder::new_on_reused_connection(REQUEST_ID)
+        } else {
+            ResponseDecoder::new(REQUEST_ID)
+        };
+        let mut parser = CgiHeaderParser::new(fc.buffer_size);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        if let Some(a) = self
+                            .on_frame(session, ctx, frame, &mut dec, &mut parser)
+                            .await
+                        {
+                            return a;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.fail(ctx, framing_failure(&e), false),
+                }
+            }
+            if dec.is_done() {
+                return self.finish(session, ctx).await;
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_CHUNK);
+            }
+            let read = tokio::time::timeout(fc.read_timeout, self.conn.read_buf(&mut buf)).await;
+            if ctx.summary.first_byte_ms.is_none() {
+                if let Some(s) = ctx.start {
+                    ctx.summary.first_byte_ms = Some(s.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            match read {
+                Err(_) => {
+                    let cause = if self.head_sent {
+                        Cause::BodyTimeout
+                    } else {
+                        Cause::HeaderTimeout
+                    };
+                    return self.fail(
+                        ctx,
+                        upstream::timeout_failure(cause, "while reading the response"),
+                        true,
+                    );
+                }
+                Ok(Err(e)) => {
+                    if !self.head_sent && self.reused && !dec.saw_any_byte() && !self.body_consumed
+                    {
+                        return Attempt::StaleReused;
+                    }
+                    let errno = upstream::errno_text(&e);
+                    let (cause, what) = if self.head_sent {
+                        (Cause::BodyReset, "readv()")
+                    } else {
+                        (Cause::HeaderReset, "recv()")
+                    };
+                    let f = Failure::new(
+                        cause,
+                        format!("{what} failed {errno}"),
+                        format!("reading the response: {errno}"),
+                    );
+                    return self.fail(ctx, f, true);
+                }
+                Ok(Ok(0)) => return self.on_eof(ctx, &dec, &parser),
+                Ok(Ok(n)) => ctx.summary.bytes_received += n as u64,
+            }
+        }
+    }
+
+    /// Streams the request body as STDIN records.
+    async fn send_body(&mut self, session: &mut Session, ctx: &mut ReqCtx) -> Option<Attempt> {
+        let limit = self.server.client_max_body_size;
+        let mut total: u64 = 0;
+        let mut out = BytesMut::with_capacity(record::MAX_STDIN_CHUNK + 16);
+        loop {
+            let chunk = match tokio::time::timeout(
+                self.server.client_body_timeout,
+                session.read_request_body(),
+            )
+            .await
+            {
+                Err(_) => {
+                    let f = Failure::new(
+                        Cause::ClientBodyTimeout,
+                        "client timed out (110: Connection timed out)",
+                        "reading the request body",
+                    );
+                    return Some(self.fail(ctx, f, false));
+                }
+                Ok(Err(e)) => {
+                    let f = Failure::new(
+                        Cause::ClientClosed,
+                        "client prematurely closed connection",
+                        e.to_string(),
+                    );
+                    return Some(self.fail(ctx, f, false));
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(b))) => b,
+            };
+            self.body_consumed = true;
+            total += chunk.len() as u64;
+            ctx.summary.bytes_sent = total;
+            if limit > 0 && total > limit {
+                let f = Failure::new(
+                    Cause::ClientBodyTooLarge,
+                    format!("client intended to send too large chunked body: {total} bytes"),
+                    format!("request body > client_max_body_size {limit}"),
+                );
+                return Some(self.fail(ctx, f, false));
+            }
+            for piece in chunk.chunks(record::MAX_STDIN_CHUNK) {
+                out.clear();
+                record::encode_stdin(&mut out, REQUEST_ID, piece);
+                match tokio::time::timeout(self.fc.send_timeout, self.conn.write_all(&out)).await {
+                    Err(_) => {
+                        return Some(self.fail(
+                            ctx,
+                            upstream::timeout_failure(
+                                Cause::SendTimeout,
+                                "while sending the request body",
+                            ),
+                            false,
+                        ))
+                    }
+                    Ok(Err(e)) => return Some(self.fail(ctx, send_failure(&e), false)),
+                    Ok(Ok(())) => {}
+                }
+            }
+        }
+        out.clear();
+        record::encode_stdin_end(&mut out, REQUEST_ID);
+        match tokio::time::timeout(self.fc.send_timeout, self.conn.write_all(&out)).await {
+            Err(_) => Some(self.fail(
+                ctx,
+                upstream::timeout_failure(Cause::SendTimeout, "while sending the request body"),
+                false,
+            )),
+            Ok(Err(e)) => Some(self.fail(ctx, send_failure(&e), false)),
+            Ok(Ok(())) => None,
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        frame: Frame,
+        dec: &mut ResponseDecoder,
+        parser: &mut CgiHeaderParser,
+    ) -> Option<Attempt> {
+        match frame {
+            Frame::Stdout(data) => {
+                self.stdout_seen = true;
+                if self.head_sent {
+                    return self.write_body(session, ctx, data).await;
+                }
+                let overhead = dec.take_stdout_overhead();
+                match parser.feed(data, overhead) {
+                    Ok(None) => None,
+                    Ok(Some((head, rest))) => {
+                        if let Some(a) = self.send_head(session, ctx, head).await {
+                            return Some(a);
+                        }
+                        if rest.is_empty() {
+                            None
+                        } else {
+                            self.write_body(session, ctx, rest).await
+                        }
+                    }
+                    Err(e) => Some(self.fail(ctx, cgi_failure(&e), false)),
+                }
+            }
+            Frame::StdoutEof => {
+                if self.head_sent {
+                    None
+                } else {
+                    let f = Failure::new(
+                        Cause::HeaderStdoutClosed,
+                        "upstream prematurely closed FastCGI stdout",
+                        "an empty STDOUT record arrived before the end of the header block",
+                    );
+                    Some(self.fail(ctx, f, false))
+                }
+            }
+            Frame::Stderr(data) => {
+                self.on_stderr(ctx, &data);
+                None
+            }
+            Frame::StderrEof => None,
+            Frame::End {
+                app_status,
+                protocol_status,
+            } => {
+                if self.head_sent {
+                    return None; // finish() runs when the decoder reports done
+                }
+                let (cause, what) = match protocol_status {
+                    ProtocolStatus::CantMpxConn => (Cause::FramingCantMpxConn, "CANT_MPX_CONN"),
+                    ProtocolStatus::Overloaded => (Cause::FramingOverloaded, "OVERLOADED"),
+                    ProtocolStatus::UnknownRole => (Cause::FramingUnknownRole, "UNKNOWN_ROLE"),
+                    _ => (Cause::FramingEndBeforeHeaders, "REQUEST_COMPLETE"),
+                };
+                let f = Failure::new(
+                    cause,
+                    "upstream sent unexpected FastCGI record: 3",
+                    format!("END_REQUEST (protocolStatus {what}, appStatus {app_status}) before the header block ended"),
+                );
+                Some(self.fail(ctx, f, false))
+            }
+        }
+    }
+
+    fn on_stderr(&mut self, ctx: &mut ReqCtx, data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let text = stderr::nginx_trim(&text);
+        if self.stderr.len() < STDERR_KEEP {
+            if !self.stderr.is_empty() {
+                self.stderr.push('\n');
+            }
+            let room = STDERR_KEEP - self.stderr.len();
+            let mut end = text.len().min(room);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.stderr.push_str(&text[..end]);
+        }
+        let found = stderr::classify(text);
+        let mut suffix = String::new();
+        if let Some(d) = found {
+            if self.diag.as_ref().is_none_or(|cur| {
+                cur.cause == Cause::AppFatalError && d.cause != Cause::AppFatalError
+            }) {
+                suffix = format!(
+                    ", cause: {}, request_id: {}",
+                    d.cause.code(),
+                    ctx.summary.request_id
+                );
+                self.diag = Some(d);
+            }
+        }
+        let phase = if self.head_sent {
+            Phase::Body
+        } else {
+            Phase::Header
+        };
+        let mut line = report::nginx_line(
+            "error",
+            &format!("FastCGI sent in stderr: \"{text}\""),
+            Some(phase.nginx_while()),
+            &ctx.summary,
+        );
+        if !suffix.is_empty() {
+            line.pop();
+            line.push_str(&suffix);
+            line.push('\n');
+        }
+        self.p.rt.errlog.write_line(&line);
+        ctx.summary.stderr_excerpt = self.stderr.clone();
+    }
+
+    async fn send_head(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        head: CgiHead,
+    ) -> Option<Attempt> {
+        let mut h = match ResponseHeader::build(head.status, Some(head.headers.len() + 4)) {
+            Ok(h) => h,
+            Err(_) => {
+                let f = Failure::new(
+                    Cause::HeaderInvalidStatus,
+                    format!("upstream sent invalid status \"{}\"", head.status),
+                    "status out of range",
+                );
+                return Some(self.fail(ctx, f, false));
+            }
+        };
+        if let Some(r) = head.reason.as_deref().filter(|r| !r.is_empty()) {
+            let _ = h.set_reason_phrase(Some(r));
+        }
+        for (name, value) in head.headers {
+            let lname = name.to_ascii_lowercase();
+            if lname.starts_with("x-accel-")
+                || matches!(
+                    lname.as_str(),
+                    "status" | "connection" | "keep-alive" | "transfer-encoding"
+                )
+                || self
+                    .fc
+                    .hide_headers
+                    .iter()
+                    .any(|x| x.eq_ignore_ascii_case(&name))
+            {
+                continue;
+            }
+            if lname == "content-length" {
+                let parsed = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match (parsed, self.declared_len) {
+                    (Some(n), None) => self.declared_len = Some(n),
+                    (Some(n), Some(m)) if n == m => continue,
+                    _ => {
+                        let f = Failure::new(
+                            Cause::HeaderInvalid,
+                            "upstream sent invalid \"Content-Length\" header",
+                            format!("Content-Length: {}", String::from_utf8_lossy(&value)),
+                        );
+                        return Some(self.fail(ctx, f, false));
+                    }
+                }
+            }
+            let hv = match http::HeaderValue::from_maybe_shared(value) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if h.append_header(name, hv).is_err() {
+                continue;
+            }
+        }
+        let diag_enabled = self.p.rt.config.diagnostics.enabled;
+        if let (Some(d), true) = (&self.diag, diag_enabled) {
+            let diag = &self.p.rt.config.diagnostics;
+            let mut f = Failure::new(d.cause, "", d.location.clone().unwrap_or_default());
+            f.upstream_status = Some(head.status);
+            let trusted = report::is_trusted(diag, ctx.summary.client);
+            let _ = h.insert_header(diag.cause_header.clone(), d.cause.code());
+            let _ = h.insert_header(
+                diag.request_id_header.clone(),
+                ctx.summary.request_id.clone(),
+            );
+            let _ = h.insert_header(
+                "Proxy-Status",
+                report::proxy_status(&f, &ctx.summary.next_hop, trusted),
+            );
+        }
+        if self.declared_len.is_none() && !self.head_only && !session.as_downstream().is_http2() {
+            if session.req_header().version == http::Version::HTTP_11 {
+                let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+            } else {
+                session.set_keepalive(None);
+            }
+        }
+        let _ = h.insert_header(http::header::SERVER, "why502");
+        ctx.summary.status = head.status;
+        if session
+            .write_response_header(Box::new(h), false)
+            .await
+            .is_err()
+        {
+            return Some(self.client_gone(ctx));
+        }
+        self.head_sent = true;
+        None
+    }
+
+    async fn write_body(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        mut data: Bytes,
+    ) -> Option<Attempt> {
+        if self.head_only {
+            return None;
+        }
+        let mut too_long = false;
+        if let Some(cl) = self.declared_len {
+            let room = cl.saturating_sub(self.body_sent);
+            if data.len() as u64 > room {
+                data.truncate(room as usize);
+                too_long = true;
+            }
+        }
+        if !data.is_empty() {
+            self.body_sent += data.len() as u64;
+            if session
+                .write_response_body(Some(data), false)
+                .await
+                .is_err()
+            {
+                return Some(self.client_gone(ctx));
+            }
+        }
+        if too_long {
+            let f = Failure::new(
+                Cause::BodyTooLong,
+                "upstream sent more data than specified in \"Content-Length\" header",
+                format!("Content-Length {} exceeded", self.declared_len.unwrap_or(0)),
+            );
+            return Some(self.fail(ctx, f, false));
+        }
+        None
+    }
+
+    fn on_eof(
+        &mut self,
+        ctx: &mut ReqCtx,
+        dec: &ResponseDecoder,
+        parser: &CgiHeaderParser,
+    ) -> Attempt {
+        if let Err(e) = dec.eof() {
+            if !self.head_sent {
+                if matches!(e, FramingError::TruncatedRecord { .. })
+                    || matches!(e, FramingError::NotFastCgi { .. })
+                {
+                    return self.fail(ctx, framing_failure(&e), true);
+                }
+            } else {
+                let f = Failure::new(
+                    Cause::BodyClosed,
+                    "upstream prematurely closed connection",
+                    e.to_string(),
+                );
+                return self.fail(ctx, f, false);
+            }
+        }
+        if self.head_sent {
+            let f = Failure::new(
+                Cause::BodyNoEndRequest,
+                "upstream prematurely closed connection",
+                format!(
+                    "EOF without END_REQUEST after {} body bytes",
+                    self.body_sent
+                ),
+            );
+            return self.fail(ctx, f, false);
+        }
+        if !dec.saw_any_byte() && self.reused && !self.body_consumed {
+            return Attempt::StaleReused;
+        }
+        let cause = if parser.counted() == 0 {
+            Cause::HeaderClosedEmpty
+        } else {
+            Cause::HeaderClosedPartial
+        };
+        let details = if parser.counted() == 0 {
+            "the connection closed before any response".to_string()
+        } else {
+            format!(
+                "the connection closed after {} bytes of the header block",
+                parser.counted()
+            )
+        };
+        self.fail(
+            ctx,
+            Failure::new(cause, "upstream prematurely closed connection", details),
+            true,
+        )
+    }
+
+    async fn finish(&mut self, session: &mut Session, ctx: &mut ReqCtx) -> Attempt {
+        if let Some(cl) = self.declared_len {
+            if self.body_sent < cl && !self.head_only {
+                let f = Failure::new(
+                    Cause::BodyTooShort,
+                    "upstream prematurely closed FastCGI request",
+                    format!("Content-Length {cl}, body {} bytes", self.body_sent),
+                );
+                return self.fail(ctx, f, false);
+            }
+        }
+        if session.write_response_body(None, true).await.is_err() {
+            return self.client_gone(ctx);
+        }
+        ctx.summary.bytes_sent = self.body_sent;
+        if let Some(d) = self.diag.take() {
+            // The app's own status went out; the cause is reported as an event.
+            let mut f = Failure::new(
+                d.cause,
+                "FastCGI sent in stderr",
+                d.location.clone().unwrap_or_default(),
+            );
+            f.upstream_status = Some(ctx.summary.status);
+            self.p.finish_timing(ctx);
+            report::event(&f, &ctx.summary);
+            ctx.failure = Some(f);
+        }
+        Attempt::Done(self.fc.keep_conn)
+    }
+
+    fn client_gone(&mut self, ctx: &mut ReqCtx) -> Attempt {
+        let f = Failure::new(
+            Cause::ClientClosed,
+            "client prematurely closed connection",
+            "writing the response to the client failed",
+        );
+        ctx.summary.status = 499;
+        self.p.finish_timing(ctx);
+        report::log_failure(&self.p.rt.errlog, &f, &ctx.summary);
+        ctx.failure = Some(f);
+        Attempt::Aborted
+    }
+
+    /// A failure: before the header it becomes an error response (by the
+    /// caller); after the header it is logged and the response aborted.
+    fn fail(&mut self, ctx: &mut ReqCtx, f: Failure, retryable: bool) -> Attempt {
+        if !self.head_sent {
+            return Attempt::Failed { f, retryable };
+        }
+        ctx.summary.bytes_sent = self.body_sent;
+        if !self.stderr.is_empty() {
+            ctx.summary.stderr_excerpt = self.stderr.clone();
+        }
+        self.p.finish_timing(ctx);
+        report::log_failure(&self.p.rt.errlog, &f, &ctx.summary);
+        ctx.failure = Some(f);
+        ctx.logged = true;
+        Attempt::Aborted
+    }
+}

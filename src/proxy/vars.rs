@@ -1,0 +1,202 @@
+//! nginx variables for one request (`$uri`, `$document_root`, `$http_host`...).
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use pingora_proxy::Session;
+
+use crate::config::template::{Var, Vars};
+use crate::config::{FastCgi, Server};
+
+use super::{ReqCtx, Runtime};
+
+/// The version reported as `$nginx_version` (SERVER_SOFTWARE=nginx/$nginx_version):
+/// Debian 12's nginx, so applications that parse it see a plausible value.
+pub const NGINX_VERSION: &str = "1.22.1";
+
+pub struct ReqVars<'a> {
+    pub req: &'a pingora_http::RequestHeader,
+    pub uri: &'a str,
+    pub args: Option<&'a str>,
+    pub root: &'a Path,
+    pub captures: Vec<Option<String>>,
+    pub script_name: String,
+    pub path_info: String,
+    pub server_name: &'a str,
+    pub hostname: &'a str,
+    pub request_id: &'a str,
+    pub client: Option<std::net::SocketAddr>,
+    pub local: Option<std::net::SocketAddr>,
+    pub https: bool,
+}
+
+impl<'a> ReqVars<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rt: &'a Runtime,
+        session: &'a Session,
+        ctx: &'a ReqCtx,
+        server: &'a Server,
+        uri: &'a str,
+        args: Option<&'a str>,
+        root: &'a Path,
+        captures: Vec<Option<String>>,
+        fc: Option<&FastCgi>,
+    ) -> ReqVars<'a> {
+        let mut script_name = uri.to_string();
+        let mut path_info = String::new();
+        if let Some(fc) = fc {
+            if let Some(re) = &fc.split_path_info {
+                if let Some(c) = re.captures(uri) {
+                    script_name = c.get(1).map(|m| m.as_str().to_string()).unwrap_or_default();
+                    path_info = c.get(2).map(|m| m.as_str().to_string()).unwrap_or_default();
+                }
+            }
+            if script_name.ends_with('/') {
+                if let Some(i) = &fc.index {
+                    script_name.push_str(i);
+                }
+            }
+        }
+        let https = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        ReqVars {
+            req: session.req_header(),
+            uri,
+            args,
+            root,
+            captures,
+            script_name,
+            path_info,
+            server_name: server.names.first().map(String::as_str).unwrap_or(""),
+            hostname: &rt.hostname,
+            request_id: &ctx.summary.request_id,
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            local: session.server_addr().and_then(|a| a.as_inet()).copied(),
+            https,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.req.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `$host`: Host header without port, lower-case; else the server name.
+    pub fn host(&self) -> Cow<'_, str> {
+        match self.header("host").or_else(|| self.req.uri.host()) {
+            Some(h) => {
+                let h = if h.starts_with('[') {
+                    h.split_once(']')
+                        .map(|(a, _)| &h[..a.len() + 1])
+                        .unwrap_or(h)
+                } else {
+                    h.split(':').next().unwrap_or(h)
+                };
+                Cow::Owned(h.to_ascii_lowercase())
+            }
+            None => Cow::Borrowed(self.server_name),
+        }
+    }
+}
+
+fn arg_value<'s>(args: &'s str, name: &str) -> Option<&'s str> {
+    args.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        k.eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+impl Vars for ReqVars<'_> {
+    fn var(&self, v: &Var) -> Cow<'_, str> {
+        use Var::*;
+        match v {
+            Uri | DocumentUri => Cow::Borrowed(self.uri),
+            RequestUri => Cow::Borrowed(
+                self.req
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+            ),
+            Args | QueryString => Cow::Borrowed(self.args.unwrap_or("")),
+            IsArgs => Cow::Borrowed(if self.args.is_some() { "?" } else { "" }),
+            DocumentRoot => self.root.to_string_lossy(),
+            RealpathRoot => Cow::Owned(
+                std::fs::canonicalize(self.root)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| self.root.to_string_lossy().into_owned()),
+            ),
+            FastcgiScriptName => Cow::Borrowed(&self.script_name),
+            FastcgiPathInfo => Cow::Borrowed(&self.path_info),
+            Host => self.host(),
+            Hostname => Cow::Borrowed(self.hostname),
+            RemoteAddr => Cow::Owned(self.client.map(|a| a.ip().to_string()).unwrap_or_default()),
+            RemotePort => Cow::Owned(
+                self.client
+                    .map(|a| a.port().to_string())
+                    .unwrap_or_default(),
+            ),
+            RemoteUser => Cow::Borrowed(""),
+            ServerAddr => Cow::Owned(self.local.map(|a| a.ip().to_string()).unwrap_or_default()),
+            ServerPort => Cow::Owned(self.local.map(|a| a.port().to_string()).unwrap_or_default()),
+            ServerName => Cow::Borrowed(self.server_name),
+            ServerProtocol => Cow::Borrowed(match self.req.version {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            }),
+            Scheme => Cow::Borrowed(if self.https { "https" } else { "http" }),
+            Https => Cow::Borrowed(if self.https { "on" } else { "" }),
+            RequestMethod => Cow::Borrowed(self.req.method.as_str()),
+            ContentType => Cow::Borrowed(self.header("content-type").unwrap_or("")),
+            ContentLength => Cow::Borrowed(self.header("content-length").unwrap_or("")),
+            RequestId => Cow::Borrowed(self.request_id),
+            NginxVersion => Cow::Borrowed(NGINX_VERSION),
+            Http(name) => {
+                let h = name.replace('_', "-");
+                let mut it = self
+                    .req
+                    .headers
+                    .get_all(h.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok());
+                match (it.next(), it.next()) {
+                    (None, _) => Cow::Borrowed(""),
+                    (Some(a), None) => Cow::Borrowed(a),
+                    (Some(a), Some(b)) => {
+                        let sep = if h == "cookie" { "; " } else { ", " };
+                        let mut s = format!("{a}{sep}{b}");
+                        for v in it {
+                            s.push_str(sep);
+                            s.push_str(v);
+                        }
+                        Cow::Owned(s)
+                    }
+                }
+            }
+            Arg(name) => Cow::Borrowed(self.args.and_then(|a| arg_value(a, name)).unwrap_or("")),
+            Cookie(name) => Cow::Owned(
+                self.req
+                    .headers
+                    .get_all("cookie")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|kv| {
+                        let (k, v) = kv.trim().split_once('=')?;
+                        (k == name).then(|| v.to_string())
+                    })
+                    .unwrap_or_default(),
+            ),
+            Capture(n) => Cow::Borrowed(
+                self.captures
+                    .get(*n)
+                    .and_then(|c| c.as_deref())
+                    .unwrap_or(""),
+            ),
+            User(_) => Cow::Borrowed(""),
+        }
+    }
+}

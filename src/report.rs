@@ -1,0 +1,470 @@
+//! The reporting surfaces for a diagnosed failure: the cause header, RFC 9209
+//! `Proxy-Status`, the error page (HTML or JSON), the nginx-format error-log
+//! line and the structured `tracing` event. Every failure goes through
+//! [`Reporter::report`] so the four always agree.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::cause::{Cause, Phase};
+use crate::config::Diagnostics;
+
+/// One diagnosed failure.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub cause: Cause,
+    /// nginx's message for the event, without the "while ..." phrase, e.g.
+    /// `connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory)`.
+    pub nginx_message: String,
+    /// Runtime details shown to trusted clients (errno, offending header, stderr, file:line).
+    pub details: String,
+    /// A hint computed at run time, shown after the table's hint (trusted only).
+    pub extra_hint: Option<String>,
+    /// The upstream's own status (App causes).
+    pub upstream_status: Option<u16>,
+}
+
+impl Failure {
+    pub fn new(cause: Cause, nginx_message: impl Into<String>, details: impl Into<String>) -> Self {
+        Failure {
+            cause,
+            nginx_message: nginx_message.into(),
+            details: details.into(),
+            extra_hint: None,
+            upstream_status: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.extra_hint = Some(hint.into());
+        self
+    }
+
+    /// Status for the client when nothing was sent yet.
+    pub fn status(&self) -> u16 {
+        self.cause.status(self.upstream_status)
+    }
+
+    /// nginx's log level for the event.
+    pub fn level(&self) -> &'static str {
+        match self.cause {
+            Cause::ConnectSocketMissing | Cause::ConnectPermissionDenied => "crit",
+            Cause::ClientClosed => "info",
+            _ => "error",
+        }
+    }
+}
+
+/// What the logs say about the request a failure belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct RequestSummary {
+    pub request_id: String,
+    pub client: Option<IpAddr>,
+    pub client_addr: String,
+    pub method: String,
+    pub uri: String,
+    pub protocol: String,
+    pub host: Option<String>,
+    pub server_name: String,
+    /// `fastcgi://unix:/path:` or `fastcgi://127.0.0.1:9000` (nginx style), empty if none.
+    pub upstream: String,
+    /// The next hop as RFC 9209 `next-hop` (`unix:/path`, `127.0.0.1:9000`).
+    pub next_hop: String,
+    pub status: u16,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub connect_ms: Option<f64>,
+    pub first_byte_ms: Option<f64>,
+    pub total_ms: f64,
+    pub stderr_excerpt: String,
+    pub conn: u64,
+}
+
+/// A sink for nginx-format error-log lines (stderr or a file).
+pub struct ErrorLog {
+    out: Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+impl ErrorLog {
+    pub fn open(path: Option<&Path>) -> std::io::Result<ErrorLog> {
+        let out: Box<dyn std::io::Write + Send> = match path {
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => Box::new(std::io::stderr()),
+        };
+        Ok(ErrorLog {
+            out: Mutex::new(out),
+        })
+    }
+
+    pub fn write_line(&self, line: &str) {
+        if let Ok(mut out) = self.out.lock() {
+            // One write per line, like nginx; a failing log must not fail requests.
+            let _ = out.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// nginx caps error-log lines at 2048 bytes (NGX_MAX_ERROR_STR).
+const MAX_LINE: usize = 2048;
+
+/// Formats one nginx error-log line (with the trailing newline).
+pub fn nginx_line(
+    level: &str,
+    message: &str,
+    phase_while: Option<&str>,
+    req: &RequestSummary,
+) -> String {
+    let now = chrono::Local::now();
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "{} [{}] {}#0: *{} {}",
+        now.format("%Y/%m/%d %H:%M:%S"),
+        level,
+        std::process::id(),
+        req.conn,
+        message
+    );
+    if let Some(w) = phase_while {
+        s.push(' ');
+        s.push_str(w);
+    }
+    let _ = write!(
+        s,
+        ", client: {}, server: {}, request: \"{} {} {}\"",
+        req.client_addr, req.server_name, req.method, req.uri, req.protocol
+    );
+    if !req.upstream.is_empty() {
+        let _ = write!(s, ", upstream: \"{}\"", req.upstream);
+    }
+    if let Some(h) = &req.host {
+        let _ = write!(s, ", host: \"{h}\"");
+    }
+    truncate_at_char(&mut s, MAX_LINE - 1);
+    s.push('\n');
+    s
+}
+
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut i = max;
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        s.truncate(i);
+    }
+}
+
+/// Escapes a string for an RFC 8941 sf-string (printable ASCII only).
+pub fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().take(512) {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Escapes text for HTML.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or(match status {
+            499 => "Client Closed Request",
+            _ => "Error",
+        })
+}
+
+/// Builds the client-facing parts of a failure report.
+pub struct Rendered {
+    pub status: u16,
+    /// (name, value) headers to add: cause, request id, Proxy-Status.
+    pub headers: Vec<(String, String)>,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+pub fn is_trusted(diag: &Diagnostics, client: Option<IpAddr>) -> bool {
+    client.is_some_and(|ip| diag.trusted.iter().any(|n| n.contains(ip)))
+}
+
+/// The `Proxy-Status` value for a failure.
+pub fn proxy_status(f: &Failure, next_hop: &str, trusted: bool) -> String {
+    let info = f.cause.info();
+    let mut v = String::from("why502");
+    if info.proxy_status.is_empty() {
+        if let Some(s) = f.upstream_status {
+            let _ = write!(v, "; received-status={s}");
+        }
+    } else {
+        let _ = write!(v, "; error={}", info.proxy_status);
+    }
+    if trusted {
+        if !next_hop.is_empty() {
+            let _ = write!(v, "; next-hop={}", sf_string(next_hop));
+        }
+        let details = if f.details.is_empty() {
+            info.code.to_string()
+        } else {
+            format!("{}: {}", info.code, f.details)
+        };
+        let _ = write!(v, "; details={}", sf_string(&details));
+    } else {
+        let _ = write!(v, "; details={}", sf_string(info.code));
+    }
+    v
+}
+
+/// Renders the headers and error page for a failure answered by why502.
+pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json: bool) -> Rendered {
+    let status = f.status();
+    let trusted = is_trusted(diag, req.client);
+    let info = f.cause.info();
+    let mut headers = Vec::with_capacity(3);
+    if diag.enabled {
+        headers.push((diag.cause_header.clone(), info.code.to_string()));
+        headers.push((diag.request_id_header.clone(), req.request_id.clone()));
+        headers.push((
+            "Proxy-Status".to_string(),
+            proxy_status(f, &req.next_hop, trusted),
+        ));
+    }
+    let reason = reason_phrase(status);
+    if !diag.enabled {
+        // nginx's own page.
+        let body = format!(
+            "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n"
+        );
+        return Rendered {
+            status,
+            headers,
+            content_type: "text/html",
+            body,
+        };
+    }
+    if wants_json {
+        let mut obj = serde_json::json!({
+            "status": status,
+            "cause": info.code,
+            "phase": info.phase.as_str(),
+            "request_id": req.request_id,
+        });
+        if trusted {
+            obj["explanation"] = info.explanation.into();
+            obj["hint"] = info.hint.into();
+            obj["details"] = f.details.clone().into();
+            obj["upstream"] = req.next_hop.clone().into();
+            if let Some(h) = &f.extra_hint {
+                obj["extra_hint"] = h.clone().into();
+            }
+            if !req.stderr_excerpt.is_empty() {
+                obj["stderr"] = req.stderr_excerpt.clone().into();
+            }
+        }
+        let mut body = obj.to_string();
+        body.push('\n');
+        return Rendered {
+            status,
+            headers,
+            content_type: "application/json",
+            body,
+        };
+    }
+    let mut body = String::with_capacity(1024);
+    let _ = write!(
+        body,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status} {reason}</title>\n\
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:46em;margin:3em auto;padding:0 1em;color:#222}}\
+code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.6em;white-space:pre-wrap;word-break:break-all}}\
+.cause{{font-size:1.2em}}.muted{{color:#666;font-size:.9em}}</style></head>\n<body>\n<h1>{status} {reason}</h1>\n\
+<p class=\"cause\">Cause: <code id=\"cause\">{code}</code></p>\n",
+        code = info.code
+    );
+    if trusted {
+        let _ = write!(
+            body,
+            "<p id=\"explanation\">{}</p>\n<p id=\"hint\"><strong>What to check:</strong> {}</p>\n",
+            html_escape(info.explanation),
+            html_escape(info.hint)
+        );
+        if let Some(h) = &f.extra_hint {
+            let _ = write!(
+                body,
+                "<p id=\"extra-hint\"><strong>Here:</strong> {}</p>\n",
+                html_escape(h)
+            );
+        }
+        if !f.details.is_empty() {
+            let _ = write!(
+                body,
+                "<p>Details:</p><pre id=\"details\">{}</pre>\n",
+                html_escape(&f.details)
+            );
+        }
+        if !req.stderr_excerpt.is_empty() {
+            let _ = write!(
+                body,
+                "<p>PHP said (stderr):</p><pre id=\"stderr\">{}</pre>\n",
+                html_escape(&req.stderr_excerpt)
+            );
+        }
+        if !req.next_hop.is_empty() {
+            let _ = write!(
+                body,
+                "<p class=\"muted\">Upstream: <code>{}</code></p>\n",
+                html_escape(&req.next_hop)
+            );
+        }
+    }
+    let _ = write!(
+        body,
+        "<p class=\"muted\">Request id: <code id=\"request-id\">{}</code> &middot; why502</p>\n</body></html>\n",
+        html_escape(&req.request_id)
+    );
+    Rendered {
+        status,
+        headers,
+        content_type: "text/html; charset=utf-8",
+        body,
+    }
+}
+
+/// Writes the log records for a failure: one nginx line and one tracing event.
+pub fn log_failure(errlog: &ErrorLog, f: &Failure, req: &RequestSummary) {
+    let info = f.cause.info();
+    let phase_while = match info.phase {
+        Phase::App => None,
+        p => Some(p.nginx_while()),
+    };
+    let mut line = nginx_line(f.level(), &f.nginx_message, phase_while, req);
+    // why502's addition, after nginx's fields so existing greps keep working.
+    line.pop();
+    let _ = write!(
+        line,
+        ", cause: {}, request_id: {}",
+        info.code, req.request_id
+    );
+    truncate_at_char(&mut line, MAX_LINE - 1);
+    line.push('\n');
+    errlog.write_line(&line);
+    event(f, req);
+}
+
+/// The structured event for a failure (JSON lines through `tracing`).
+pub fn event(f: &Failure, req: &RequestSummary) {
+    let info = f.cause.info();
+    tracing::event!(
+        target: "why502::failure",
+        tracing::Level::ERROR,
+        request_id = %req.request_id,
+        client = %req.client_addr,
+        method = %req.method,
+        uri = %req.uri,
+        host = req.host.as_deref().unwrap_or(""),
+        upstream = %req.next_hop,
+        cause = info.code,
+        phase = info.phase.as_str(),
+        status = req.status,
+        bytes_sent = req.bytes_sent,
+        bytes_received = req.bytes_received,
+        connect_ms = req.connect_ms,
+        first_byte_ms = req.first_byte_ms,
+        total_ms = req.total_ms,
+        details = %f.details,
+        stderr = %req.stderr_excerpt,
+        nginx = %f.nginx_message,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RequestSummary {
+        RequestSummary {
+            request_id: "abc".into(),
+            client: "127.0.0.1".parse().ok(),
+            client_addr: "127.0.0.1".into(),
+            method: "GET".into(),
+            uri: "/x.php".into(),
+            protocol: "HTTP/1.1".into(),
+            host: Some("example.test".into()),
+            server_name: "example.test".into(),
+            upstream: "fastcgi://unix:/run/php/php8.2-fpm.sock:".into(),
+            next_hop: "unix:/run/php/php8.2-fpm.sock".into(),
+            conn: 7,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nginx_line_has_nginx_fields() {
+        let l = nginx_line(
+            "crit",
+            "connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory)",
+            Some("while connecting to upstream"),
+            &req(),
+        );
+        assert!(l.contains(" [crit] "), "{l}");
+        assert!(l.contains("*7 connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory) while connecting to upstream, client: 127.0.0.1, server: example.test, request: \"GET /x.php HTTP/1.1\", upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\", host: \"example.test\"\n"), "{l}");
+        let long = "x".repeat(5000);
+        assert!(nginx_line("error", &long, None, &req()).len() <= MAX_LINE);
+    }
+
+    #[test]
+    fn untrusted_clients_see_only_code_and_id() {
+        let d = Diagnostics::default();
+        let f = Failure::new(Cause::ConnectSocketMissing, "m", "/run/php/secret.sock");
+        let mut r = req();
+        r.client = "203.0.113.9".parse().ok();
+        let out = render(&d, &f, &r, false);
+        assert!(!out.body.contains("secret"));
+        assert!(out.body.contains("connect.socket_missing"));
+        let ps = &out.headers[2].1;
+        assert!(
+            !ps.contains("secret") && ps.contains("error=destination_not_found"),
+            "{ps}"
+        );
+        let out = render(&d, &f, &req(), true);
+        assert!(out.body.contains("secret"));
+        let v: serde_json::Value = serde_json::from_str(&out.body).expect("json");
+        assert_eq!(v["cause"], "connect.socket_missing");
+    }
+
+    #[test]
+    fn sf_string_escapes() {
+        assert_eq!(sf_string("a\"b\\c\nd"), "\"a\\\"b\\\\c?d\"");
+    }
+}

@@ -1,0 +1,98 @@
+//! Builds and runs the Pingora server from a [`Config`]: listeners (plain,
+//! TLS, HTTP/2), threads, and the logging sinks.
+
+use std::sync::Arc;
+
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+
+use crate::config::Config;
+use crate::proxy::{Runtime, Why502};
+
+/// Sets up `tracing` for structured failure events (JSON lines).
+pub fn init_tracing(config: &Config) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WHY502_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("why502=info,pingora=error,pingora_core=error,pingora_proxy=error,warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter);
+    let res = match &config.logging.events {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("{}: cannot open events log: {e}", path.display()))?;
+            builder.with_writer(std::sync::Mutex::new(f)).try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    res.map_err(|e| format!("cannot initialize logging: {e}"))
+}
+
+/// Runs the server until it is stopped. Never returns on success.
+pub fn run(config: Config) -> Result<(), String> {
+    init_tracing(&config)?;
+    let threads = if config.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        config.threads
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let listens: Vec<_> = config
+        .servers
+        .iter()
+        .flat_map(|s| s.listen.clone())
+        .collect();
+    let rt = Runtime::new(config).map_err(|e| format!("cannot open log: {e}"))?;
+    let mut svc =
+        pingora_proxy::http_proxy_service(&server.configuration, Why502 { rt: Arc::new(rt) });
+    let mut seen = std::collections::HashSet::new();
+    let mut h2c = false;
+    for l in listens {
+        if !seen.insert(l.addr) {
+            continue;
+        }
+        let addr = l.addr.to_string();
+        match &l.tls {
+            Some(t) => {
+                let cert = t.cert.to_string_lossy();
+                let key = t.key.to_string_lossy();
+                let mut tls = TlsSettings::intermediate(&cert, &key)
+                    .map_err(|e| format!("{addr}: TLS certificate/key: {e}"))?;
+                if l.http2 {
+                    tls.enable_h2();
+                }
+                svc.add_tls_with_settings(&addr, None, tls);
+            }
+            None => {
+                h2c |= l.http2;
+                svc.add_tcp(&addr);
+            }
+        }
+    }
+    if h2c {
+        if let Some(app) = svc.app_logic_mut() {
+            let mut opts = pingora_core::apps::HttpServerOptions::default();
+            opts.h2c = true;
+            app.server_options = Some(opts);
+        }
+    }
+    server.add_service(svc);
+    server.run_forever()
+}

@@ -1,0 +1,401 @@
+//! Connections to upstream servers: connect with errno-level diagnosis, idle
+//! connection pools (FastCGI keep_conn), and server selection with nginx's
+//! smooth weighted round robin, `backup` servers and passive health
+//! (`max_fails` / `fail_timeout`).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::cause::Cause;
+use crate::config::{Addr, Upstream};
+use crate::report::Failure;
+
+/// A connection to an upstream (unix or TCP).
+#[derive(Debug)]
+pub enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn raw_fd(&self) -> i32 {
+        match self {
+            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// True if the idle connection is still open and has no unread data
+    /// (a peer that closed an idle keep-alive connection shows EOF here).
+    pub fn is_idle_alive(&self) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: recv on a valid fd into a 1-byte stack buffer.
+        let n = unsafe {
+            libc::recv(
+                self.raw_fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// `(104: Connection reset by peer)` — nginx's errno rendering.
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => {
+            let s = e.to_string();
+            let s = s
+                .strip_suffix(&format!(" (os error {n})"))
+                .unwrap_or(&s)
+                .to_string();
+            format!("({n}: {s})")
+        }
+        None => format!("({e})"),
+    }
+}
+
+/// Other unix sockets in the directory of a missing one (PHP upgrade hint).
+fn sibling_sockets(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_socket()).unwrap_or(false))
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.ends_with(".sock"))
+        .take(8)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Classifies a connect error into a cause, with nginx's wording.
+pub fn connect_failure(addr: &Addr, e: &io::Error) -> Failure {
+    let errno = e.raw_os_error().unwrap_or(0);
+    let peer = match addr {
+        Addr::Unix(_) => format!(" to {addr}"),
+        Addr::Tcp(_) => String::new(),
+    };
+    let msg = format!("connect(){peer} failed {}", errno_text(e));
+    let details = format!("connect() to {addr}: {}", errno_text(e));
+    let cause = match (addr, errno) {
+        (Addr::Unix(_), libc::ENOENT) => Cause::ConnectSocketMissing,
+        (_, libc::EACCES) | (_, libc::EPERM) => Cause::ConnectPermissionDenied,
+        (Addr::Unix(_), libc::ECONNREFUSED) => Cause::ConnectSocketStale,
+        (Addr::Tcp(_), libc::ECONNREFUSED) => Cause::ConnectRefused,
+        (_, libc::EAGAIN) => Cause::ConnectBacklogFull,
+        (_, libc::ETIMEDOUT) => Cause::ConnectTimeout,
+        _ => Cause::ConnectFailed,
+    };
+    let mut f = Failure::new(cause, msg, details);
+    if let (Cause::ConnectSocketMissing, Addr::Unix(p)) = (cause, addr) {
+        let others = sibling_sockets(p);
+        if !others.is_empty() {
+            f = f.with_hint(format!(
+                "{} does not exist, but {} does: is the upstream still configured for an older PHP version?",
+                p.display(),
+                others.join(", ")
+            ));
+        } else if p.parent().is_some_and(|d| !d.exists()) {
+            f = f.with_hint(format!(
+                "The directory {} does not exist either: PHP-FPM has not created it (not installed or never started).",
+                p.parent().map(|d| d.display().to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    f
+}
+
+pub fn timeout_failure(cause: Cause, what: &str) -> Failure {
+    Failure::new(
+        cause,
+        "upstream timed out (110: Connection timed out)",
+        format!("no progress {what} within the configured timeout"),
+    )
+}
+
+/// Opens a new connection within `timeout`.
+pub async fn connect(addr: &Addr, timeout: Duration) -> Result<Conn, Failure> {
+    let fut = async {
+        match addr {
+            Addr::Unix(p) => UnixStream::connect(p).await.map(Conn::Unix),
+            Addr::Tcp(hp) => {
+                let s = TcpStream::connect(hp.as_str()).await?;
+                let _ = s.set_nodelay(true);
+                Ok(Conn::Tcp(s))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(connect_failure(addr, &e)),
+        Err(_) => Err(timeout_failure(Cause::ConnectTimeout, "while connecting")),
+    }
+}
+
+/// Per-server run-time state.
+struct ServerState {
+    current_weight: i64,
+    fails: u32,
+    checked: Option<Instant>,
+    down_until: Option<Instant>,
+    last_failure: Option<String>,
+}
+
+/// Run-time state of one upstream: selection and idle connections.
+pub struct UpstreamState {
+    pub config: std::sync::Arc<Upstream>,
+    state: Mutex<Vec<ServerState>>,
+    idle: Vec<Mutex<Vec<Conn>>>,
+}
+
+/// The outcome of picking a server.
+pub enum Pick {
+    Server(usize),
+    /// Every server is down: "no live upstreams" with each server's last failure.
+    NoneLive(String),
+}
+
+impl UpstreamState {
+    pub fn new(config: std::sync::Arc<Upstream>) -> UpstreamState {
+        let n = config.servers.len();
+        UpstreamState {
+            state: Mutex::new(
+                (0..n)
+                    .map(|_| ServerState {
+                        current_weight: 0,
+                        fails: 0,
+                        checked: None,
+                        down_until: None,
+                        last_failure: None,
+                    })
+                    .collect(),
+            ),
+            idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            config,
+        }
+    }
+
+    /// Picks a server not in `tried` (nginx smooth weighted round robin; backup
+    /// servers only when every primary is down or tried).
+    pub fn pick(&self, tried: &[usize]) -> Pick {
+        let servers = &self.config.servers;
+        if servers.len() == 1 {
+            // nginx never marks the only server down.
+            return if tried.is_empty() {
+                Pick::Server(0)
+            } else {
+                Pick::NoneLive(String::new())
+            };
+        }
+        let now = Instant::now();
+        let Ok(mut st) = self.state.lock() else {
+            return Pick::Server(0);
+        };
+        for backup in [false, true] {
+            let mut best: Option<usize> = None;
+            let mut total = 0i64;
+            for (i, s) in servers.iter().enumerate() {
+                if s.backup != backup || tried.contains(&i) {
+                    continue;
+                }
+                if st[i].down_until.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let w = i64::from(s.weight);
+                st[i].current_weight += w;
+                total += w;
+                if best.is_none_or(|b| st[i].current_weight > st[b].current_weight) {
+                    best = Some(i);
+                }
+            }
+            if let Some(b) = best {
+                st[b].current_weight -= total;
+                st[b].checked = Some(now);
+                return Pick::Server(b);
+            }
+        }
+        let mut why = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            let last = st[i].last_failure.as_deref().unwrap_or("not tried");
+            why.push(format!("{}: {}", s.addr, last));
+        }
+        Pick::NoneLive(why.join("; "))
+    }
+
+    /// Records a failure of server `i` (connect error, timeout, invalid response).
+    pub fn failed(&self, i: usize, what: &str) {
+        let Some(cfg) = self.config.servers.get(i) else {
+            return;
+        };
+        if let Ok(mut st) = self.state.lock() {
+            let s = &mut st[i];
+            s.last_failure = Some(what.to_string());
+            if cfg.max_fails == 0 {
+                return;
+            }
+            s.fails += 1;
+            if s.fails >= cfg.max_fails {
+                s.down_until = Some(Instant::now() + cfg.fail_timeout);
+                s.fails = 0;
+            }
+        }
+    }
+
+    /// Records a success of server `i`.
+    pub fn succeeded(&self, i: usize) {
+        if self.config.servers.len() == 1 {
+            return;
+        }
+        if let Ok(mut st) = self.state.lock() {
+            st[i].fails = 0;
+            st[i].down_until = None;
+        }
+    }
+
+    /// Takes a live idle connection to server `i`, if any.
+    pub fn take_idle(&self, i: usize) -> Option<Conn> {
+        let pool = self.idle.get(i)?;
+        loop {
+            let c = pool.lock().ok()?.pop()?;
+            if c.is_idle_alive() {
+                return Some(c);
+            }
+        }
+    }
+
+    /// Returns a connection to the idle pool (dropped if the pool is full).
+    pub fn put_idle(&self, i: usize, c: Conn) {
+        if let Some(pool) = self.idle.get(i) {
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < self.config.keepalive.max(1) {
+                    p.push(c);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamServer;
+    use std::sync::Arc;
+
+    fn up(weights: &[(u32, bool)]) -> UpstreamState {
+        UpstreamState::new(Arc::new(Upstream {
+            name: "u".into(),
+            servers: weights
+                .iter()
+                .enumerate()
+                .map(|(i, (w, b))| {
+                    let mut s = UpstreamServer::new(Addr::Tcp(format!("127.0.0.1:{}", 1000 + i)));
+                    s.weight = *w;
+                    s.backup = *b;
+                    s
+                })
+                .collect(),
+            keepalive: 2,
+        }))
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin() {
+        let u = up(&[(5, false), (1, false), (1, false)]);
+        let seq: Vec<usize> = (0..7)
+            .map(|_| match u.pick(&[]) {
+                Pick::Server(i) => i,
+                Pick::NoneLive(_) => 99,
+            })
+            .collect();
+        // nginx's documented sequence for weights 5,1,1: a a b a c a a
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn backup_and_no_live() {
+        let u = up(&[(1, false), (1, true)]);
+        u.failed(0, "connect() failed (111: Connection refused)");
+        assert!(matches!(u.pick(&[]), Pick::Server(1)));
+        u.failed(1, "refused too");
+        match u.pick(&[]) {
+            Pick::NoneLive(why) => {
+                assert!(why.contains("111") && why.contains("refused too"), "{why}")
+            }
+            Pick::Server(i) => panic!("picked {i}"),
+        }
+    }
+
+    #[test]
+    fn errno_text_is_nginx_style() {
+        let e = io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert_eq!(errno_text(&e), "(104: Connection reset by peer)");
+    }
+}
