@@ -217,6 +217,8 @@ pub struct Location {
     pub try_files: Option<Vec<Template>>,
     pub ret: Option<Return>,
     pub fastcgi: Option<Arc<FastCgi>>,
+    /// `proxy_pass` to an HTTP backend.
+    pub proxy: Option<Arc<HttpProxy>>,
     pub locations: Vec<Location>,
     pub origin: Origin,
 }
@@ -231,6 +233,7 @@ impl Location {
             try_files: None,
             ret: None,
             fastcgi: None,
+            proxy: None,
             locations: Vec::new(),
             origin,
         }
@@ -406,6 +409,61 @@ impl Upstream {
             name: addr.to_string(),
             servers: vec![UpstreamServer::new(addr)],
             keepalive: 32,
+        }
+    }
+}
+
+/// A `proxy_pass` to an HTTP backend and everything that goes with it.
+#[derive(Debug, Clone)]
+pub struct HttpProxy {
+    pub upstream: Arc<Upstream>,
+    /// `https://` backends.
+    pub tls: bool,
+    /// URI part of `proxy_pass http://host/path` (replaces the location prefix), if any.
+    pub uri: Option<String>,
+    /// `proxy_set_header` in order (an empty value removes the header).
+    pub set_headers: Vec<(String, Template)>,
+    pub connect_timeout: Duration,
+    pub send_timeout: Duration,
+    pub read_timeout: Duration,
+    /// Response header section limit (proxy_buffer_size).
+    pub buffer_size: usize,
+    /// `proxy_http_version`: "1.0" (nginx default) or "1.1".
+    pub http_version: String,
+    /// Use HTTP/2 to the backend.
+    pub h2: bool,
+    pub ssl_verify: bool,
+    pub ssl_trusted_certificate: Option<PathBuf>,
+    pub ssl_name: Option<Template>,
+    pub ssl_server_name: bool,
+    pub hide_headers: Vec<String>,
+    pub pass_headers: Vec<String>,
+    /// `proxy_next_upstream` conditions (nginx default: error timeout).
+    pub next_upstream: Vec<String>,
+    pub intercept_errors: bool,
+}
+
+impl HttpProxy {
+    pub fn new(upstream: Arc<Upstream>) -> HttpProxy {
+        HttpProxy {
+            upstream,
+            tls: false,
+            uri: None,
+            set_headers: Vec::new(),
+            connect_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            buffer_size: 4096,
+            http_version: "1.0".into(),
+            h2: false,
+            ssl_verify: false,
+            ssl_trusted_certificate: None,
+            ssl_name: None,
+            ssl_server_name: false,
+            hide_headers: Vec::new(),
+            pass_headers: Vec::new(),
+            next_upstream: vec!["error".into(), "timeout".into()],
+            intercept_errors: false,
         }
     }
 }
