@@ -17,6 +17,8 @@ use std::fmt;
 pub enum Phase {
     /// Opening the connection to the upstream.
     Connect,
+    /// The TLS handshake with an `https://` upstream (after the TCP connect).
+    Tls,
     /// Writing the request (params, body) to the upstream.
     Send,
     /// Waiting for / reading the response header block.
@@ -36,6 +38,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Connect => "connect",
+            Phase::Tls => "tls",
             Phase::Send => "send",
             Phase::Header => "header",
             Phase::Body => "body",
@@ -49,6 +52,7 @@ impl Phase {
     pub fn nginx_while(self) -> &'static str {
         match self {
             Phase::Connect => "while connecting to upstream",
+            Phase::Tls => "while SSL handshaking to upstream",
             Phase::Send => "while sending request to upstream",
             Phase::Header | Phase::App => "while reading response header from upstream",
             Phase::Body => "while reading upstream",
@@ -140,11 +144,57 @@ causes! {
         nginx: "connect() to {upstream} failed",
         explanation: "Connecting to the upstream failed for a reason not covered by a more specific cause (see details for the errno).",
         hint: "Read the errno in the details; check the upstream address in the configuration." },
+    /// The upstream's host name does not resolve (HTTP upstreams).
+    ConnectDnsError => { code: "connect.dns_error", phase: Connect, status: 502, proxy_status: "dns_error",
+        nginx: "{host} could not be resolved (3: Host not found)",
+        explanation: "The upstream's host name could not be resolved to an address.",
+        hint: "Check the host name in proxy_pass / the upstream's server entry (typo, a container or service name that this host cannot see) and the resolver (/etc/resolv.conf, /etc/hosts)." },
+    /// EHOSTUNREACH / ENETUNREACH on TCP.
+    ConnectUnreachable => { code: "connect.unreachable", phase: Connect, status: 502, proxy_status: "destination_ip_unroutable",
+        nginx: "connect() failed (113: No route to host)",
+        explanation: "There is no network route to the upstream's address (or a firewall rejects it with an ICMP unreachable).",
+        hint: "Check the upstream's IP address, that the host is up, the routing table (ip route get ADDR) and firewalls between why502 and the upstream." },
     /// Every server of the upstream is marked down after failures.
     ConnectNoLiveUpstreams => { code: "connect.no_live_upstreams", phase: Connect, status: 502, proxy_status: "destination_unavailable",
         nginx: "no live upstreams",
         explanation: "Every server of the upstream failed recently (max_fails within fail_timeout) and is marked down; the details name each server's last failure.",
         hint: "Fix the servers' own failures named in the details; they are retried after fail_timeout." },
+    // ---- TLS to the upstream (https:// backends) ---------------------------
+    /// The TLS handshake failed (alert from the server, no common protocol or cipher).
+    TlsHandshakeFailed => { code: "tls.handshake_failed", phase: Tls, status: 502, proxy_status: "tls_protocol_error",
+        nginx: "SSL_do_handshake() failed (SSL: error:0A000410:SSL routines::sslv3 alert handshake failure)",
+        explanation: "The TLS handshake with the upstream failed: the server aborted it (no common protocol version or cipher, or it requires a client certificate).",
+        hint: "Compare the upstream's TLS settings (protocols, ciphers, client certificate requirement) with why502's; `openssl s_client -connect host:port` shows the server's side." },
+    /// The certificate's notAfter is in the past.
+    TlsCertificateExpired => { code: "tls.certificate_expired", phase: Tls, status: 502, proxy_status: "tls_certificate_error",
+        nginx: "upstream SSL certificate verify error: (10:certificate has expired)",
+        explanation: "The upstream's TLS certificate has expired.",
+        hint: "Renew the upstream's certificate (and check that the renewed file is the one its server loads; reload it after renewal)." },
+    /// Self-signed certificate or one issued by a CA that is not trusted.
+    TlsCertificateUntrusted => { code: "tls.certificate_untrusted", phase: Tls, status: 502, proxy_status: "tls_certificate_error",
+        nginx: "upstream SSL certificate verify error: (18:self-signed certificate)",
+        explanation: "The upstream's certificate is self-signed or issued by a CA that why502 does not trust (or the server does not send its intermediate certificates).",
+        hint: "Add the issuing CA to ssl_trusted_certificate (proxy_ssl_trusted_certificate), or make the upstream send its full chain." },
+    /// The certificate does not name the host why502 expects.
+    TlsCertificateNameMismatch => { code: "tls.certificate_name_mismatch", phase: Tls, status: 502, proxy_status: "tls_certificate_error",
+        nginx: "upstream SSL certificate does not match \"{name}\"",
+        explanation: "The upstream's certificate is valid but issued for another host name than the one why502 verifies (ssl_name, by default the proxy_pass host).",
+        hint: "Set ssl_name (proxy_ssl_name) to a name the certificate covers, or reissue the certificate with this name in its subjectAltName." },
+    /// Any other certificate verification error (not yet valid, bad signature, revoked...).
+    TlsCertificateInvalid => { code: "tls.certificate_invalid", phase: Tls, status: 502, proxy_status: "tls_certificate_error",
+        nginx: "upstream SSL certificate verify error: (9:certificate is not yet valid)",
+        explanation: "The upstream's certificate failed verification for a reason other than expiry, trust or name (see details for OpenSSL's verify code).",
+        hint: "Read the verify code in the details; `openssl s_client -connect host:port -verify_return_error` reproduces it. A 'not yet valid' certificate usually means a clock skew." },
+    /// TLS was spoken to a port that answers in plain HTTP.
+    TlsPlainHttpUpstream => { code: "tls.plain_http_upstream", phase: Tls, status: 502, proxy_status: "tls_protocol_error",
+        nginx: "SSL_do_handshake() failed (SSL: error:0A00010B:SSL routines::wrong version number)",
+        explanation: "why502 started TLS (https://) but the upstream's port speaks plain HTTP: it answered the TLS ClientHello with an HTTP response.",
+        hint: "Use http:// for this upstream, or point it at the backend's TLS port." },
+    /// The TLS handshake did not complete within connect_timeout.
+    TlsTimeout => { code: "tls.timeout", phase: Tls, status: 504, proxy_status: "connection_timeout",
+        nginx: "upstream timed out (110: Connection timed out)",
+        explanation: "The TCP connection was established but the TLS handshake did not complete within the connect timeout.",
+        hint: "The port accepts connections but does not speak TLS (it waits for a plain request), or the upstream is overloaded; check the port and the upstream's load." },
     // ---- send -------------------------------------------------------------
     /// ECONNRESET while writing params or body.
     SendReset => { code: "send.reset", phase: Send, status: 502, proxy_status: "connection_terminated",
@@ -182,6 +232,26 @@ causes! {
         nginx: "upstream prematurely closed FastCGI stdout",
         explanation: "The FastCGI upstream ended its output stream before the header block was complete.",
         hint: "The application produced no (or an incomplete) CGI header; check its error log." },
+    /// A TLS record came back to a plain HTTP request.
+    HeaderTlsUpstream => { code: "header.tls_upstream", phase: Header, status: 502, proxy_status: "http_protocol_error",
+        nginx: "upstream sent no valid HTTP/1.0 header",
+        explanation: "why502 sent plain HTTP (http://) but the upstream's port speaks TLS.",
+        hint: "Use https:// for this upstream (proxy_pass https://...), or point it at the backend's plain HTTP port." },
+    /// The response does not start with an `HTTP/1.x NNN` status line.
+    HeaderInvalidStatusLine => { code: "header.invalid_status_line", phase: Header, status: 502, proxy_status: "http_protocol_error",
+        nginx: "upstream sent no valid HTTP/1.0 header",
+        explanation: "The upstream's response does not start with a valid HTTP status line (`HTTP/1.1 200 OK`): it is not an HTTP server, or it answered in HTTP/0.9 style without a header.",
+        hint: "Check that the upstream's port belongs to an HTTP server (not Redis, SSH, FastCGI...); the first bytes are in the details." },
+    /// Both Content-Length and Transfer-Encoding (request-smuggling vector).
+    HeaderConflictingLength => { code: "header.conflicting_length", phase: Header, status: 502, proxy_status: "http_protocol_error",
+        nginx: "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time",
+        explanation: "The upstream's response has both Content-Length and Transfer-Encoding: its length is ambiguous, so why502 refuses it (a response-splitting / smuggling vector).",
+        hint: "Fix the application or the layer that adds the second header (a framework adding Content-Length to a streamed response, or a middleware chunking a response that already has a length)." },
+    /// A request that is not safe to retry hit a keep-alive connection the upstream had closed.
+    HeaderStaleKeepalive => { code: "header.stale_keepalive", phase: Header, status: 502, proxy_status: "connection_terminated",
+        nginx: "upstream prematurely closed connection",
+        explanation: "The request (not idempotent, e.g. POST) was sent on a reused keep-alive connection that the upstream closed without answering; it is not retried because the upstream may have processed it.",
+        hint: "The upstream closes idle connections earlier than why502 reuses them: make its keep-alive timeout longer than why502's (keepalive_timeout in the upstream block), or lower why502's." },
     /// No header within read_timeout.
     HeaderTimeout => { code: "header.timeout", phase: Header, status: 504, proxy_status: "connection_read_timeout",
         nginx: "upstream timed out (110: Connection timed out)",
@@ -367,7 +437,10 @@ mod tests {
             let (phase, name) = code.split_once('.').expect("code has a dot");
             assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
             assert!(
-                ["connect", "send", "header", "framing", "body", "app", "client", "proxy"]
+                [
+                    "connect", "tls", "send", "header", "framing", "body", "app", "client",
+                    "proxy"
+                ]
                     .contains(&phase)
             );
             assert_eq!(Cause::from_code(code), Some(*c));

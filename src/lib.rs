@@ -16,6 +16,8 @@ pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fake_fcgi;
+pub mod fpm;
 pub mod fastcgi;
 pub mod nginx;
 pub mod proxy;

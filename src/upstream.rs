@@ -214,6 +214,9 @@ pub struct UpstreamState {
     pub config: std::sync::Arc<Upstream>,
     state: Mutex<Vec<ServerState>>,
     idle: Vec<Mutex<Vec<Conn>>>,
+    /// Idle plain-HTTP keep-alive connections (HTTP upstreams), with the time
+    /// they became idle.
+    http_idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
 }
 
 /// The outcome of picking a server.
@@ -239,6 +242,7 @@ impl UpstreamState {
                     .collect(),
             ),
             idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            http_idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             config,
         }
     }
@@ -337,6 +341,39 @@ impl UpstreamState {
             if let Ok(mut p) = pool.lock() {
                 if p.len() < self.config.keepalive.max(1) {
                     p.push(c);
+                }
+            }
+        }
+    }
+}
+
+impl UpstreamState {
+    /// Takes a live idle HTTP keep-alive connection to server `i` that has
+    /// been idle for less than `max_idle`, if any.
+    pub fn take_idle_http(&self, i: usize, max_idle: Duration) -> Option<TcpStream> {
+        let pool = self.http_idle.get(i)?;
+        loop {
+            let (s, since) = pool.lock().ok()?.pop()?;
+            let c = Conn::Tcp(s);
+            if since.elapsed() < max_idle && c.is_idle_alive() {
+                return match c {
+                    Conn::Tcp(s) => Some(s),
+                    Conn::Unix(_) => None,
+                };
+            }
+        }
+    }
+
+    /// Returns an HTTP keep-alive connection to server `i`'s idle pool
+    /// (dropped if the pool is full or keep-alive is off for the upstream).
+    pub fn put_idle_http(&self, i: usize, s: TcpStream) {
+        if self.config.keepalive == 0 {
+            return;
+        }
+        if let Some(pool) = self.http_idle.get(i) {
+            if let Ok(mut p) = pool.lock() {
+                if p.len() < self.config.keepalive {
+                    p.push((s, Instant::now()));
                 }
             }
         }

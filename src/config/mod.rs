@@ -189,6 +189,15 @@ pub struct Server {
     pub client_max_body_size: u64,
     pub client_body_timeout: Duration,
     pub origin: Origin,
+    /// Server-level rewrite-phase directives (`rewrite`, `return`, `set` in
+    /// `server {}`), run before the location is chosen (nginx front end).
+    pub rewrites: Vec<ScriptOp>,
+    /// The server's own settings as a location: used when no location
+    /// matches (nginx serves from the server-level config then).
+    pub base: Option<Box<Location>>,
+    /// Make redirects to `/path` absolute (`http://host:port/path`) like
+    /// nginx's `absolute_redirect on` (the nginx front end's default).
+    pub absolute_redirect: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +230,23 @@ pub struct Location {
     pub proxy: Option<Arc<HttpProxy>>,
     pub locations: Vec<Location>,
     pub origin: Origin,
+    /// Rewrite-phase directives in order (`rewrite`, `return`, `set`).
+    pub script: Vec<ScriptOp>,
+    /// `error_page` entries (resolved with inheritance).
+    pub error_pages: Vec<ErrorPage>,
+    /// `add_header` entries (resolved with inheritance).
+    pub add_headers: Vec<AddHeader>,
+    pub expires: Option<Expires>,
+    /// `default_type` (None = the YAML front end's guess).
+    pub default_type: Option<String>,
+    /// `types` (extension, lower-case → MIME type); None = guess by extension.
+    pub types: Option<Arc<std::collections::HashMap<String, String>>>,
+    /// `allow` / `deny` in order; empty = everyone.
+    pub access: Vec<AccessRule>,
+    /// Per-location `client_max_body_size` (None = the server's).
+    pub client_max_body_size: Option<u64>,
+    /// `internal`: only reachable through internal redirects.
+    pub internal: bool,
 }
 
 impl Location {
@@ -236,8 +262,83 @@ impl Location {
             proxy: None,
             locations: Vec::new(),
             origin,
+            script: Vec::new(),
+            error_pages: Vec::new(),
+            add_headers: Vec::new(),
+            expires: None,
+            default_type: None,
+            types: None,
+            access: Vec::new(),
+            client_max_body_size: None,
+            internal: false,
         }
     }
+}
+
+/// One rewrite-module directive, executed in configuration order.
+#[derive(Debug, Clone)]
+pub enum ScriptOp {
+    Rewrite(Rewrite),
+    Return(Return),
+    /// `set $name value`.
+    Set { name: String, value: Template },
+}
+
+/// `rewrite regex replacement [flag]`.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub re: regex::Regex,
+    pub replacement: Template,
+    pub flag: RewriteFlag,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteFlag {
+    /// No flag: continue with the next directive, then search a location.
+    None,
+    Last,
+    Break,
+    /// 302 (also implied by a replacement starting with `http://`/`https://`).
+    Redirect,
+    /// 301.
+    Permanent,
+}
+
+/// `error_page code... [=[response]] uri`.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    pub codes: Vec<u16>,
+    /// None = keep the error code; Some(0) = `=` (the target's status);
+    /// Some(n) = `=n`.
+    pub response: Option<u16>,
+    /// A URI (`/50x.html`), a named location (`@x`) or a URL (redirect).
+    pub target: Template,
+}
+
+/// `add_header name value [always]`.
+#[derive(Debug, Clone)]
+pub struct AddHeader {
+    pub name: String,
+    pub value: Template,
+    pub always: bool,
+}
+
+/// `expires`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expires {
+    Off,
+    Epoch,
+    Max,
+    /// Seconds from now (negative = `Cache-Control: no-cache`).
+    After(i64),
+}
+
+/// `allow` / `deny`; `net: None` = `all`.
+#[derive(Debug, Clone)]
+pub struct AccessRule {
+    pub allow: bool,
+    pub net: Option<IpNet>,
 }
 
 #[derive(Debug, Clone)]

@@ -246,6 +246,7 @@ pub fn load_str(text: &str, name: &str) -> Result<Config, ConfigError> {
             Some(i) if line > 0 => msg[..i].to_string(),
             _ => msg,
         };
+        let (line, msg) = refine_location(text, line, msg);
         ConfigError::new(
             Origin {
                 file: name.to_string(),
@@ -255,6 +256,33 @@ pub fn load_str(text: &str, name: &str) -> Result<Config, ConfigError> {
         )
     })?;
     convert(file, text, name)
+}
+
+/// serde_yaml places errors from a value's own validation at the enclosing
+/// mapping. When the message quotes the bad value, find the line holding it
+/// (at or after the reported line) and name its key.
+fn refine_location(text: &str, line: usize, msg: String) -> (usize, String) {
+    let quoted = msg
+        .split('"')
+        .nth(msg.matches('"').count().saturating_sub(1).min(3).max(1))
+        .filter(|q| !q.is_empty());
+    let Some(value) = quoted else {
+        return (line, msg);
+    };
+    for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let Some((key, val)) = l.split_once(':') else {
+            continue;
+        };
+        if val.contains(value) {
+            let key = key.trim().trim_start_matches("- ").trim();
+            let msg = match msg.split_once(": ") {
+                Some((path, rest)) if !path.contains(' ') => format!("{path}.{key}: {rest}"),
+                _ => format!("{key}: {msg}"),
+            };
+            return (i + 1, msg);
+        }
+    }
+    (line, msg)
 }
 
 /// The line of the first occurrence of `needle` in the text (1-based), for
@@ -351,6 +379,9 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
                 .map(|x| x.0)
                 .unwrap_or(Duration::from_secs(60)),
             origin: origin("listen"),
+            rewrites: Vec::new(),
+            base: None,
+            absolute_redirect: false,
         });
     }
 

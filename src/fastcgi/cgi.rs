@@ -557,7 +557,7 @@ impl CgiHeaderParser {
                     output = first_line_is_output(&bytes[..first.value.1], true);
                 } else if bytes.first() == Some(&b'<') {
                     output = true;
-                } else if matches!(scanned, Err(_)) || full {
+                } else if scanned.is_err() || full {
                     output = first_line_is_output(bytes, false);
                     wait_for_output = !output && !full && could_become_output(bytes);
                 }

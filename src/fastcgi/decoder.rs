@@ -11,7 +11,7 @@
 //!
 //! ```
 //! # use bytes::BytesMut;
-//! # use codec::fastcgi::decoder::{Frame, ResponseDecoder};
+//! # use why502::fastcgi::decoder::{Frame, ResponseDecoder};
 //! let mut dec = ResponseDecoder::new(1);
 //! let mut buf = BytesMut::from(&b"\x01\x06\x00\x01\x00\x02\x06\x00hi\0\0\0\0\0\0"[..]);
 //! // after each read from the socket into `buf`:
@@ -24,7 +24,7 @@
 //! }
 //! // when the read returns 0 (peer closed):
 //! dec.eof()?;
-//! # Ok::<(), codec::fastcgi::decoder::FramingError>(())
+//! # Ok::<(), why502::fastcgi::decoder::FramingError>(())
 //! ```
 //!
 //! After [`Frame::End`] the decoder is done: later calls to `decode` return

@@ -95,9 +95,12 @@ fn read_length(src: &[u8], pos: &mut usize) -> Result<usize, ParamsError> {
     Ok((u32::from_be_bytes([b[0], b[1], b[2], b[3]]) & 0x7fff_ffff) as usize)
 }
 
+/// One decoded `(name, value)` pair, borrowing the input.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// Decodes a whole PARAMS stream (the concatenated contents of its records)
 /// into `(name, value)` slices, in order.
-pub fn decode_pairs(src: &[u8]) -> Result<Vec<(&[u8], &[u8])>, ParamsError> {
+pub fn decode_pairs(src: &[u8]) -> Result<Vec<Pair<'_>>, ParamsError> {
     let mut pairs = Vec::new();
     let mut pos = 0;
     while pos < src.len() {

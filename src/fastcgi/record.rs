@@ -314,7 +314,7 @@ pub fn encode_stdin_end(dst: &mut BytesMut, request_id: u16) {
 ///
 /// ```
 /// # use bytes::{Bytes, BytesMut};
-/// # use codec::fastcgi::record::{encode_stdin_header, MAX_STDIN_CHUNK, PADDING};
+/// # use why502::fastcgi::record::{encode_stdin_header, MAX_STDIN_CHUNK, PADDING};
 /// let body = Bytes::from(vec![b'x'; 40_000]);
 /// let mut rest = body.clone();
 /// let mut wire: Vec<Bytes> = Vec::new(); // e.g. the slices of a vectored write

@@ -17,7 +17,7 @@ fn rec(t: u8, id: u16, content: &[u8], pad: u8) -> Vec<u8> {
     v.extend_from_slice(&(content.len() as u16).to_be_bytes());
     v.extend_from_slice(&[pad, 0]);
     v.extend_from_slice(content);
-    v.extend(std::iter::repeat(0xEE).take(pad as usize));
+    v.extend(std::iter::repeat_n(0xEE, pad as usize));
     v
 }
 

@@ -416,7 +416,7 @@ impl Exchange<'_> {
                     );
                     return self.fail(ctx, f, true);
                 }
-                Ok(Ok(0)) => return self.on_eof(ctx, &dec, &parser),
+                Ok(Ok(0)) => return self.on_eof(ctx, &dec, &mut parser),
                 Ok(Ok(n)) => ctx.summary.bytes_received += n as u64,
             }
         }
@@ -513,16 +513,7 @@ impl Exchange<'_> {
                 let overhead = dec.take_stdout_overhead();
                 match parser.feed(data, overhead) {
                     Ok(None) => None,
-                    Ok(Some((head, rest))) => {
-                        if let Some(a) = self.send_head(session, ctx, head).await {
-                            return Some(a);
-                        }
-                        if rest.is_empty() {
-                            None
-                        } else {
-                            self.write_body(session, ctx, rest).await
-                        }
-                    }
+                    Ok(Some((head, rest))) => self.head_and_rest(session, ctx, head, rest).await,
                     Err(e) => Some(self.fail(ctx, cgi_failure(&e), false)),
                 }
             }
@@ -530,6 +521,11 @@ impl Exchange<'_> {
                 if self.head_sent {
                     None
                 } else {
+                    match parser.finish() {
+                        Err(e) => return Some(self.fail(ctx, cgi_failure(&e), false)),
+                        Ok(Some((head, rest))) => return self.head_and_rest(session, ctx, head, rest).await,
+                        Ok(None) => {}
+                    }
                     let f = Failure::new(
                         Cause::HeaderStdoutClosed,
                         "upstream prematurely closed FastCGI stdout",
@@ -554,7 +550,11 @@ impl Exchange<'_> {
                     ProtocolStatus::CantMpxConn => (Cause::FramingCantMpxConn, "CANT_MPX_CONN"),
                     ProtocolStatus::Overloaded => (Cause::FramingOverloaded, "OVERLOADED"),
                     ProtocolStatus::UnknownRole => (Cause::FramingUnknownRole, "UNKNOWN_ROLE"),
-                    _ => (Cause::FramingEndBeforeHeaders, "REQUEST_COMPLETE"),
+                    _ => match parser.finish() {
+                        Err(e) => return Some(self.fail(ctx, cgi_failure(&e), false)),
+                        Ok(Some((head, rest))) => return self.head_and_rest(session, ctx, head, rest).await,
+                        Ok(None) => (Cause::FramingEndBeforeHeaders, "REQUEST_COMPLETE"),
+                    },
                 };
                 let f = Failure::new(
                     cause,
@@ -563,6 +563,17 @@ impl Exchange<'_> {
                 );
                 Some(self.fail(ctx, f, false))
             }
+        }
+    }
+
+    async fn head_and_rest(&mut self, session: &mut Session, ctx: &mut ReqCtx, head: CgiHead, rest: Bytes) -> Option<Attempt> {
+        if let Some(a) = self.send_head(session, ctx, head).await {
+            return Some(a);
+        }
+        if rest.is_empty() {
+            None
+        } else {
+            self.write_body(session, ctx, rest).await
         }
     }
 
@@ -670,7 +681,13 @@ impl Exchange<'_> {
                 Ok(v) => v,
                 Err(_) => continue,
             };
-            if h.append_header(name, hv).is_err() {
+            // nginx prints these two with canonical names; others keep the app's case.
+            let res = match lname.as_str() {
+                "content-type" => h.append_header(http::header::CONTENT_TYPE, hv),
+                "content-length" => h.append_header(http::header::CONTENT_LENGTH, hv),
+                _ => h.append_header(name, hv),
+            };
+            if res.is_err() {
                 continue;
             }
         }
@@ -752,7 +769,7 @@ impl Exchange<'_> {
         &mut self,
         ctx: &mut ReqCtx,
         dec: &ResponseDecoder,
-        parser: &CgiHeaderParser,
+        parser: &mut CgiHeaderParser,
     ) -> Attempt {
         if let Err(e) = dec.eof() {
             if !self.head_sent {
@@ -780,6 +797,9 @@ impl Exchange<'_> {
                 ),
             );
             return self.fail(ctx, f, false);
+        }
+        if let Err(e) = parser.finish() {
+            return self.fail(ctx, cgi_failure(&e), false);
         }
         if !dec.saw_any_byte() && self.reused && !self.body_consumed {
             return Attempt::StaleReused;
