@@ -299,15 +299,24 @@ impl Fpm {
         std::fs::write(&conf_path, conf)?;
         let _ = std::fs::remove_file(&log_path);
 
-        let child = Command::new(&bin)
-            .arg("--nodaemonize")
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--nodaemonize")
             .arg("--fpm-config")
             .arg(&conf_path)
             .arg("-R")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
+            .process_group(0);
+        // PHP-FPM dies with its parent (why502 demo exits without running destructors).
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("spawning {}: {e}", bin.display())))?;
 
