@@ -50,6 +50,12 @@ pub enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Print what why502 understood of a configuration, as YAML
+    /// (`why502 convert --nginx-conf site.conf`).
+    Convert {
+        #[command(flatten)]
+        source: Source,
+    },
 }
 
 /// Where the configuration comes from.
@@ -58,6 +64,9 @@ pub struct Source {
     /// A why502 YAML configuration file.
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
+    /// An nginx configuration (nginx.conf or a single site file).
+    #[arg(long = "nginx-conf", global = true, conflicts_with = "config")]
+    pub nginx_conf: Option<PathBuf>,
 }
 
 /// The one-liner: a standard PHP site without a config file.
@@ -190,9 +199,10 @@ pub fn quick_config(q: &Quick) -> Result<Config, String> {
 
 /// Loads the configuration named by the flags.
 pub fn load(source: &Source, quick: &Quick) -> Result<Config, String> {
-    let mut cfg = match &source.config {
-        Some(p) => config::yaml::load_file(p).map_err(|e| e.to_string())?,
-        None => quick_config(quick)?,
+    let mut cfg = match (&source.config, &source.nginx_conf) {
+        (Some(p), _) => config::yaml::load_file(p).map_err(|e| e.to_string())?,
+        (None, Some(p)) => crate::nginx::convert::load_file(p).map_err(|e| e.to_string())?,
+        (None, None) => quick_config(quick)?,
     };
     // Logging flags apply to every source.
     if let Some(p) = &quick.error_log {
@@ -263,7 +273,7 @@ pub fn run(cli: Cli) -> i32 {
             0
         }
         Some(Command::Check { source, quick }) => {
-            let source = if source.config.is_some() {
+            let source = if source.config.is_some() || source.nginx_conf.is_some() {
                 source
             } else {
                 cli.source
@@ -274,6 +284,30 @@ pub fn run(cli: Cli) -> i32 {
                         eprintln!("why502: warning: {w}");
                     }
                     println!("why502: the configuration {} is ok", cfg.source);
+                    0
+                }
+                Err(e) => {
+                    eprintln!("why502: {e}");
+                    1
+                }
+            }
+        }
+        Some(Command::Convert { source }) => {
+            let source = if source.config.is_some() || source.nginx_conf.is_some() {
+                source
+            } else {
+                cli.source
+            };
+            if source.config.is_none() && source.nginx_conf.is_none() {
+                eprintln!("why502 convert: give --nginx-conf FILE (or --config FILE)");
+                return 2;
+            }
+            match load(&source, &Quick::default()) {
+                Ok(cfg) => {
+                    for w in &cfg.warnings {
+                        eprintln!("why502: warning: {w}");
+                    }
+                    print!("{}", crate::nginx::emit::to_yaml(&cfg));
                     0
                 }
                 Err(e) => {

@@ -320,30 +320,30 @@ code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.
             html_escape(info.hint)
         );
         if let Some(h) = &f.extra_hint {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<p id=\"extra-hint\"><strong>Here:</strong> {}</p>\n",
+                "<p id=\"extra-hint\"><strong>Here:</strong> {}</p>",
                 html_escape(h)
             );
         }
         if !f.details.is_empty() {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<p>Details:</p><pre id=\"details\">{}</pre>\n",
+                "<p>Details:</p><pre id=\"details\">{}</pre>",
                 html_escape(&f.details)
             );
         }
         if !req.stderr_excerpt.is_empty() {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<p>PHP said (stderr):</p><pre id=\"stderr\">{}</pre>\n",
+                "<p>PHP said (stderr):</p><pre id=\"stderr\">{}</pre>",
                 html_escape(&req.stderr_excerpt)
             );
         }
         if !req.next_hop.is_empty() {
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<p class=\"muted\">Upstream: <code>{}</code></p>\n",
+                "<p class=\"muted\">Upstream: <code>{}</code></p>",
                 html_escape(&req.next_hop)
             );
         }

@@ -190,10 +190,10 @@ pub struct Server {
     pub client_body_timeout: Duration,
     pub origin: Origin,
     /// Server-level rewrite-phase directives (`rewrite`, `return`, `set` in
-    /// `server {}`), run before the location is chosen (nginx front end).
+    /// `server {}`), run before a location is searched (nginx front end).
     pub rewrites: Vec<ScriptOp>,
     /// The server's own settings as a location: used when no location
-    /// matches (nginx serves from the server-level config then).
+    /// matches (nginx then serves with the server-level config).
     pub base: Option<Box<Location>>,
     /// Make redirects to `/path` absolute (`http://host:port/path`) like
     /// nginx's `absolute_redirect on` (the nginx front end's default).
@@ -281,7 +281,10 @@ pub enum ScriptOp {
     Rewrite(Rewrite),
     Return(Return),
     /// `set $name value`.
-    Set { name: String, value: Template },
+    Set {
+        name: String,
+        value: Template,
+    },
 }
 
 /// `rewrite regex replacement [flag]`.

@@ -186,9 +186,120 @@ struct LocationFile {
     #[serde(rename = "return")]
     ret: Option<ReturnFile>,
     fastcgi: Option<FastCgiFile>,
+    proxy: Option<ProxyFile>,
     #[serde(default)]
     locations: Vec<LocationFile>,
 }
+
+/// `proxy:` (nginx's proxy_pass and proxy_* directives).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    /// `http://upstream-name[/uri]`, `http://host:port[/uri]`, `https://...`.
+    pass: String,
+    #[serde(default)]
+    set_headers: BTreeMap<String, String>,
+    connect_timeout: Option<Dur>,
+    send_timeout: Option<Dur>,
+    read_timeout: Option<Dur>,
+    buffer_size: Option<Size>,
+    http_version: Option<HttpVersionFile>,
+    #[serde(default)]
+    h2: bool,
+    #[serde(default)]
+    ssl_verify: bool,
+    ssl_trusted_certificate: Option<PathBuf>,
+    ssl_name: Option<String>,
+    #[serde(default)]
+    ssl_server_name: bool,
+    #[serde(default)]
+    hide_headers: Vec<String>,
+    #[serde(default)]
+    pass_headers: Vec<String>,
+    next_upstream: Option<Vec<String>>,
+    #[serde(default)]
+    intercept_errors: bool,
+}
+
+/// `1.0`, `1.1` (YAML reads them as numbers) or `"1.1"`.
+struct HttpVersionFile(String);
+impl<'de> Deserialize<'de> for HttpVersionFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            F(f64),
+        }
+        let s = match V::deserialize(d)? {
+            V::S(s) => s,
+            V::F(f) => format!("{f:.1}"),
+        };
+        match s.as_str() {
+            "1.0" | "1.1" => Ok(HttpVersionFile(s)),
+            _ => Err(de::Error::custom(format!(
+                "invalid http_version \"{s}\": expected 1.0 or 1.1 (use h2: true for HTTP/2)"
+            ))),
+        }
+    }
+}
+
+/// The parts of a `proxy_pass` URL: `(tls, authority, uri)`. The authority is
+/// an upstream name, `host[:port]` or `unix:/path`; the URI part (with its
+/// leading `/`) replaces the matched location prefix when present.
+pub fn parse_proxy_pass(s: &str) -> Result<(bool, String, Option<String>), String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(format!(
+            "invalid proxy pass \"{s}\": expected http://host[:port][/uri] or https://..."
+        ));
+    };
+    let (auth, uri) = if let Some(path) = rest.strip_prefix("unix:") {
+        // http://unix:/path/to.sock:/uri (nginx syntax)
+        match path.find(':') {
+            Some(i) => (format!("unix:{}", &path[..i]), Some(&path[i + 1..])),
+            None => (format!("unix:{path}"), None),
+        }
+    } else {
+        match rest.find('/') {
+            Some(i) => (rest[..i].to_string(), Some(&rest[i..])),
+            None => (rest.to_string(), None),
+        }
+    };
+    if auth.is_empty() || auth == "unix:" {
+        return Err(format!("invalid proxy pass \"{s}\": no host"));
+    }
+    let uri = uri.filter(|u| !u.is_empty()).map(str::to_string);
+    Ok((tls, auth, uri))
+}
+
+/// Variables only the proxy module knows (`$proxy_host`...), parsed as user
+/// variables and resolved by the HTTP gateway.
+pub const PROXY_VARS: &[&str] = &["proxy_host", "proxy_port", "proxy_add_x_forwarded_for"];
+
+/// Parses a template that may use the proxy module's variables.
+pub fn parse_proxy_template(s: &str) -> Result<Template, String> {
+    Template::parse_with(s, &|n| PROXY_VARS.contains(&n))
+}
+
+/// `proxy_next_upstream` conditions why502 understands.
+const NEXT_UPSTREAM: &[&str] = &[
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_403",
+    "http_404",
+    "http_429",
+    "non_idempotent",
+    "off",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -509,6 +620,75 @@ fn convert_location(
         fc.pass_headers = f.pass_headers;
         loc.fastcgi = Some(Arc::new(fc));
     }
+    if let Some(p) = l.proxy {
+        let bad = |msg: String| ConfigError::new(origin(&format!("pass: {}", p.pass)), msg);
+        let (tls, auth, uri) =
+            parse_proxy_pass(&p.pass).map_err(|e| bad(format!("proxy.pass: {e}")))?;
+        let upstream = match upstreams.get(&auth) {
+            Some(u) => u.clone(),
+            None => {
+                let has_port = auth.starts_with("unix:")
+                    || (auth.contains(':') && !auth.ends_with(']'));
+                let with_port = if has_port {
+                    auth.clone()
+                } else {
+                    format!("{auth}:{}", if tls { 443 } else { 80 })
+                };
+                let a = Addr::parse(&with_port).map_err(|e| bad(format!("proxy.pass: {e}")))?;
+                let mut u = Upstream::single(a);
+                // $proxy_host: the host as written (nginx drops a default port).
+                u.name = auth.clone();
+                Arc::new(u)
+            }
+        };
+        let mut hp = HttpProxy::new(upstream);
+        hp.tls = tls;
+        hp.uri = uri;
+        for (k, v) in p.set_headers {
+            let t = parse_proxy_template(&v)
+                .map_err(|e| bad(format!("proxy.set_headers.{k}: {e}")))?;
+            hp.set_headers.push((k, t));
+        }
+        if let Some(t) = p.connect_timeout {
+            hp.connect_timeout = t.0;
+        }
+        if let Some(t) = p.send_timeout {
+            hp.send_timeout = t.0;
+        }
+        if let Some(t) = p.read_timeout {
+            hp.read_timeout = t.0;
+        }
+        if let Some(b) = p.buffer_size {
+            hp.buffer_size = usize::try_from(b.0).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = p.http_version {
+            hp.http_version = v.0;
+        }
+        hp.h2 = p.h2;
+        hp.ssl_verify = p.ssl_verify;
+        hp.ssl_trusted_certificate = p.ssl_trusted_certificate;
+        if let Some(n) = &p.ssl_name {
+            hp.ssl_name =
+                Some(parse_proxy_template(n).map_err(|e| bad(format!("proxy.ssl_name: {e}")))?);
+        }
+        hp.ssl_server_name = p.ssl_server_name;
+        hp.hide_headers = p.hide_headers;
+        hp.pass_headers = p.pass_headers;
+        if let Some(n) = p.next_upstream {
+            if let Some(x) = n.iter().find(|x| !NEXT_UPSTREAM.contains(&x.as_str())) {
+                return Err(bad(format!(
+                    "proxy.next_upstream: unknown condition \"{x}\" (expected {})",
+                    NEXT_UPSTREAM.join(", ")
+                )));
+            }
+            hp.next_upstream = n;
+        }
+        hp.intercept_errors = p.intercept_errors;
+        if loc.fastcgi.is_some() {
+            return Err(bad("a location cannot have both fastcgi and proxy".into()));
+        }
+        loc.proxy = Some(Arc::new(hp));
+    }
     for child in l.locations {
         loc.locations
             .push(convert_location(child, upstreams, origin)?);
@@ -519,6 +699,30 @@ fn convert_location(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_key() {
+        assert_eq!(
+            parse_proxy_pass("https://api.internal:8443/v1/"),
+            Ok((true, "api.internal:8443".into(), Some("/v1/".into())))
+        );
+        assert_eq!(
+            parse_proxy_pass("http://unix:/run/app.sock:/x"),
+            Ok((false, "unix:/run/app.sock".into(), Some("/x".into())))
+        );
+        assert!(parse_proxy_pass("ftp://x").is_err());
+        let text = "upstreams:\n  app:\n    servers: [\"127.0.0.1:3000\"]\nservers:\n  - listen: [8080]\n    locations:\n      - prefix: /\n        proxy:\n          pass: http://app\n          http_version: 1.1\n          set_headers: {X-Real-IP: $remote_addr, Host: $proxy_host}\n      - prefix: /b/\n        proxy:\n          pass: https://example.com\n";
+        let c = load_str(text, "t.yaml").expect("config");
+        let p = c.servers[0].locations[0].proxy.clone().expect("proxy");
+        assert_eq!(p.upstream.name, "app");
+        assert_eq!(p.http_version, "1.1");
+        assert_eq!(p.set_headers.len(), 2);
+        let b = c.servers[0].locations[1].proxy.clone().expect("proxy");
+        assert!(b.tls);
+        assert_eq!(b.upstream.servers[0].addr, Addr::Tcp("example.com:443".into()));
+        let e = load_str(&text.replace("1.1", "2"), "t.yaml").expect_err("bad version");
+        assert!(e.to_string().contains("http_version"), "{e}");
+    }
 
     #[test]
     fn errors_name_line_and_field() {

@@ -16,11 +16,16 @@
 //!
 //! * [`parse_file`] / [`parse_str`] — read a config into a directive tree.
 //! * [`walk`] — iterate over every directive with its enclosing blocks.
+//! * [`convert`] — give the tree its meaning: the internal [`crate::config::Config`].
 //! * [`expand_vars`] — split a value such as `$uri/index.php?$args` into
 //!   literal and variable pieces the way nginx's script compiler does.
 
+pub mod convert;
+pub mod emit;
 mod lexer;
 mod parse;
+#[cfg(test)]
+mod convert_tests;
 #[cfg(test)]
 mod tests;
 

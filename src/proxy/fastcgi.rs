@@ -230,7 +230,11 @@ pub async fn serve(
                         f.details = format!("{}; PHP said: {}", f.details, d.message);
                     }
                 }
-                up.failed(i, &f.nginx_message);
+                // Like nginx's max_fails: only "error" and "timeout" failures count,
+                // not an application's invalid response.
+                if retryable {
+                    up.failed(i, &f.nginx_message);
+                }
                 if retryable
                     && idempotent
                     && !ex.body_consumed
@@ -316,7 +320,15 @@ fn cgi_failure(e: &CgiError) -> Failure {
         CgiError::TooBig => "the header block did not end within buffer_size".to_string(),
         _ => e.nginx_message(),
     };
-    Failure::new(cause, e.nginx_message(), details)
+    let msg = match e {
+        // nginx does not tell this case apart: the output's first line is, to
+        // it, an invalid header. Keep its wording so existing greps match.
+        CgiError::OutputBeforeHeaders { excerpt } => {
+            format!("upstream sent invalid header: \"{excerpt}\" (output before the FastCGI response headers)")
+        }
+        _ => e.nginx_message(),
+    };
+    Failure::new(cause, msg, details)
 }
 
 impl Exchange<'_> {
@@ -707,7 +719,12 @@ impl Exchange<'_> {
                 report::proxy_status(&f, &ctx.summary.next_hop, trusted),
             );
         }
-        if self.declared_len.is_none() && !self.head_only && !session.as_downstream().is_http2() {
+        let bodyless = matches!(head.status, 100..=199 | 204 | 304);
+        if self.declared_len.is_none()
+            && !self.head_only
+            && !bodyless
+            && !session.as_downstream().is_http2()
+        {
             if session.req_header().version == http::Version::HTTP_11 {
                 let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
             } else {

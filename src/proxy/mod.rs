@@ -10,6 +10,8 @@
 //! tell the body is truncated.
 
 pub mod fastcgi;
+#[path = "http.rs"]
+pub mod http_proxy;
 pub mod route;
 pub mod static_files;
 pub mod vars;
@@ -23,17 +25,18 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::cause::Cause;
-use crate::config::{Config, FastCgi, Server, Upstream};
+use crate::config::{Config, FastCgi, Location, Server, Upstream};
 use crate::report::{self, ErrorLog, Failure, RequestSummary};
 use crate::upstream::UpstreamState;
 
-use route::{find_location, find_named, select_server, TryResult};
+use route::{find_location, find_named, select_server, RouteState, ScriptEnd, TryResult};
 pub use vars::ReqVars;
 
 /// Everything shared by all requests.
@@ -96,6 +99,10 @@ fn collect_upstreams(
             out.entry(Arc::as_ptr(&fc.upstream) as usize)
                 .or_insert_with(|| Arc::new(UpstreamState::new(fc.upstream.clone())));
         }
+        if let Some(hp) = &l.proxy {
+            out.entry(Arc::as_ptr(&hp.upstream) as usize)
+                .or_insert_with(|| Arc::new(UpstreamState::new(hp.upstream.clone())));
+        }
         collect_upstreams(&l.locations, out);
     }
 }
@@ -109,6 +116,16 @@ pub struct ReqCtx {
     /// Set when why502 aborted a response after its header was sent.
     pub aborted: bool,
     pub logged: bool,
+    /// Set when the request goes to an HTTP upstream through Pingora.
+    pub http: Option<Box<http_proxy::HttpState>>,
+    /// `set $name value` results (nginx front end).
+    pub user_vars: HashMap<String, String>,
+    /// Serving an `error_page`: `$request_method` is GET, like nginx.
+    pub as_get: bool,
+    /// The final location's `add_header`s, evaluated: (name, value, always).
+    pub add_headers: Vec<(String, String, bool)>,
+    /// The final location's `expires`.
+    pub expires: Option<crate::config::Expires>,
 }
 
 /// Returned by handlers when the response must be aborted (header already sent).
@@ -130,7 +147,8 @@ impl ProxyHttp for Why502 {
     async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
         self.init_ctx(session, ctx);
         match self.handle(session, ctx).await {
-            Ok(()) => Ok(true),
+            // An HTTP upstream location: Pingora proxies it.
+            Ok(()) => Ok(ctx.http.is_none()),
             Err(Abort) => {
                 ctx.aborted = true;
                 Err(Error::explain(
@@ -144,12 +162,73 @@ impl ProxyHttp for Why502 {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut ReqCtx,
+        ctx: &mut ReqCtx,
     ) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::InternalError,
-            "no HTTP upstream configured",
-        ))
+        http_proxy::upstream_peer(ctx).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        http_proxy::request_filter(ctx, upstream_request)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&Digest>,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        http_proxy::connected(ctx, reused, digest)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut ReqCtx,
+    ) -> Result<()> {
+        http_proxy::response_filter(ctx, upstream_response)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut ReqCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        http_proxy::body_filter(ctx, body.as_ref().map_or(0, Bytes::len), end_of_stream);
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut ReqCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        http_proxy::fail_to_connect(self, session, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut ReqCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        http_proxy::error_while_proxy(self, session, ctx, e, client_reused)
     }
 
     async fn fail_to_proxy(
@@ -158,6 +237,9 @@ impl ProxyHttp for Why502 {
         e: &Error,
         ctx: &mut ReqCtx,
     ) -> FailToProxy {
+        if ctx.http.is_some() && !ctx.aborted {
+            return http_proxy::fail_to_proxy(self, session, e, ctx).await;
+        }
         if ctx.aborted || session.response_written().is_some() {
             // The header is out: close the connection so the client sees a truncated body.
             return FailToProxy {
@@ -175,7 +257,8 @@ impl ProxyHttp for Why502 {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &ReqCtx, _error: &Error) -> bool {
-        ctx.aborted
+        // why502 reports these itself (error log line, event).
+        ctx.aborted || ctx.http.is_some()
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ReqCtx) {
@@ -288,101 +371,240 @@ impl Why502 {
         ctx.summary.server_name = server.names.first().cloned().unwrap_or_default();
 
         let raw_path = session.req_header().uri.path().to_string();
-        let mut args = session.req_header().uri.query().map(str::to_string);
-        let Some(mut uri) = route::normalize_path(&raw_path) else {
+        let Some(uri) = route::normalize_path(&raw_path) else {
             return self.respond_status(session, ctx, 400).await;
         };
-
-        // client_max_body_size: checked on Content-Length before anything else.
-        if let Some(len) = session
+        let content_length = session
             .req_header()
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            if server.client_max_body_size > 0 && len > server.client_max_body_size {
-                let f = Failure::new(
-                    Cause::ClientBodyTooLarge,
-                    format!("client intended to send too large body: {len} bytes"),
-                    format!(
-                        "Content-Length {len} > client_max_body_size {}",
-                        server.client_max_body_size
-                    ),
-                );
-                return self.respond_failure(session, ctx, f).await;
-            }
-        }
-
-        let mut named: Option<&crate::config::Location> = None;
-        for _ in 0..10 {
-            let (loc, captures) = match named.take() {
-                Some(l) => (l, Vec::new()),
-                None => match find_location(&server.locations, &uri) {
-                    Some(m) => (m.loc, m.captures),
-                    None => return self.respond_status(session, ctx, 404).await,
-                },
-            };
-            let root = loc.root.clone().unwrap_or_else(|| server.root.clone());
-            if let Some(r) = &loc.ret {
-                let vars = ReqVars::new(
-                    rt,
-                    session,
-                    ctx,
-                    server,
-                    &uri,
-                    args.as_deref(),
-                    &root,
-                    captures.clone(),
-                    None,
-                );
-                let text = r.text.as_ref().map(|t| t.eval(&vars));
-                drop(vars);
-                return self.respond_return(session, ctx, r.code, text).await;
-            }
-            if let Some(tf) = &loc.try_files {
-                let vars = ReqVars::new(
-                    rt,
-                    session,
-                    ctx,
-                    server,
-                    &uri,
-                    args.as_deref(),
-                    &root,
-                    captures.clone(),
-                    loc.fastcgi.as_deref(),
-                );
-                let tried = route::try_files(tf, &root, loc, &vars);
-                drop(vars);
-                match tried {
-                    TryResult::Found(u) => {
-                        if loc.fastcgi.is_none() {
-                            uri = u;
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut st = RouteState {
+            uri,
+            args: session.req_header().uri.query().map(str::to_string),
+            ..RouteState::default()
+        };
+        let mut named: Option<&Location> = None;
+        // `rewrite ... last` searches the location again without the server rewrites.
+        let mut skip_server_rewrites = false;
+        // nginx allows 10 URI changes (rewrites, internal redirects) per request.
+        'req: for _ in 0..=10 {
+            // The location the status below is finished in (for error_page).
+            let mut status_loc: Option<&Location> = server.base.as_deref();
+            let code: u16 = 'status: {
+                // server-level rewrite phase
+                if named.is_none() && !skip_server_rewrites && !server.rewrites.is_empty() {
+                    let root = server.root.clone();
+                    match self.run_script(
+                        session,
+                        ctx,
+                        server,
+                        &server.rewrites,
+                        &root,
+                        None,
+                        &mut st,
+                    ) {
+                        ScriptEnd::Done { .. } | ScriptEnd::Last | ScriptEnd::Break => {}
+                        ScriptEnd::Redirect(c, l) => {
+                            return self.respond_redirect(session, ctx, server, c, &l).await
                         }
+                        ScriptEnd::Return(c, t) => match t {
+                            None if c >= 400 => break 'status c,
+                            t => {
+                                let Some(loc) = server.base.as_deref() else {
+                                    return self.respond_status(session, ctx, c).await;
+                                };
+                                return self
+                                    .respond_return(session, ctx, server, loc, &st.uri, c, t)
+                                    .await;
+                            }
+                        },
                     }
-                    TryResult::Redirect(u) => {
-                        let (p, a) = match u.split_once('?') {
-                            Some((p, a)) => (p.to_string(), Some(a.to_string())),
-                            None => (u, args.clone()),
-                        };
-                        match route::normalize_path(&p) {
-                            Some(p) => uri = p,
-                            None => return self.respond_status(session, ctx, 400).await,
-                        }
-                        args = a;
-                        continue;
-                    }
-                    TryResult::Named(n) => {
-                        match find_named(&server.locations, &n) {
-                            Some(l) => named = Some(l),
-                            None => return self.respond_status(session, ctx, 500).await,
-                        }
-                        continue;
-                    }
-                    TryResult::Code(c) => return self.respond_status(session, ctx, c).await,
                 }
-            }
-            if let Some(fc) = &loc.fastcgi {
+                skip_server_rewrites = false;
+                let loc = match named.take() {
+                    Some(l) => {
+                        st.captures.clear();
+                        l
+                    }
+                    None => match find_location(&server.locations, &st.uri) {
+                        Some(m) => {
+                            st.captures = m.captures;
+                            m.loc
+                        }
+                        None => match server.base.as_deref() {
+                            Some(b) => b,
+                            None => break 'status 404,
+                        },
+                    },
+                };
+                status_loc = Some(loc);
+                let root = loc.root.clone().unwrap_or_else(|| server.root.clone());
+                {
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        ctx,
+                        server,
+                        &st.uri,
+                        st.args.as_deref(),
+                        &root,
+                        st.captures.clone(),
+                        loc.fastcgi.as_deref(),
+                    );
+                    let headers = route::location_headers(loc, &vars);
+                    drop(vars);
+                    ctx.add_headers = headers;
+                    ctx.expires = loc.expires;
+                }
+                if loc.internal && !st.internal {
+                    break 'status 404;
+                }
+                // client_max_body_size: on Content-Length, once the location is known.
+                let limit = loc
+                    .client_max_body_size
+                    .unwrap_or(server.client_max_body_size);
+                if let Some(len) = content_length.filter(|&l| limit > 0 && l > limit) {
+                    let f = Failure::new(
+                        Cause::ClientBodyTooLarge,
+                        format!("client intended to send too large body: {len} bytes"),
+                        format!("Content-Length {len} > client_max_body_size {limit}"),
+                    );
+                    return self.respond_failure(session, ctx, f).await;
+                }
+                // location rewrite phase (`return` of the YAML front end last)
+                match self.run_script(
+                    session,
+                    ctx,
+                    server,
+                    &loc.script,
+                    &root,
+                    loc.fastcgi.as_deref(),
+                    &mut st,
+                ) {
+                    ScriptEnd::Done { uri_changed: true } | ScriptEnd::Last => {
+                        st.uri = match route::normalize_path(&st.uri) {
+                            Some(u) => u,
+                            None => break 'status 400,
+                        };
+                        skip_server_rewrites = true;
+                        continue 'req;
+                    }
+                    ScriptEnd::Done { .. } | ScriptEnd::Break => {}
+                    ScriptEnd::Redirect(c, l) => {
+                        return self.respond_redirect(session, ctx, server, c, &l).await
+                    }
+                    ScriptEnd::Return(c, None) if c >= 400 => break 'status c,
+                    ScriptEnd::Return(c, t) => {
+                        return self
+                            .respond_return(session, ctx, server, loc, &st.uri, c, t)
+                            .await
+                    }
+                }
+                if let Some(r) = &loc.ret {
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        ctx,
+                        server,
+                        &st.uri,
+                        st.args.as_deref(),
+                        &root,
+                        st.captures.clone(),
+                        None,
+                    );
+                    let text = r.text.as_ref().map(|t| t.eval(&vars));
+                    drop(vars);
+                    if text.is_none() && r.code >= 400 {
+                        break 'status r.code;
+                    }
+                    return self
+                        .respond_return(session, ctx, server, loc, &st.uri, r.code, text)
+                        .await;
+                }
+                // access phase
+                if !route::access_allowed(loc, ctx.summary.client) {
+                    break 'status 403;
+                }
+                // try_files (precontent phase)
+                if let Some(tf) = &loc.try_files {
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        ctx,
+                        server,
+                        &st.uri,
+                        st.args.as_deref(),
+                        &root,
+                        st.captures.clone(),
+                        loc.fastcgi.as_deref(),
+                    );
+                    let tried = route::try_files(tf, &root, loc, &vars);
+                    drop(vars);
+                    match tried {
+                        // nginx continues in this location with the file's URI
+                        TryResult::Found(u) => st.uri = u,
+                        TryResult::Redirect(u) => {
+                            if st.redirect_to(&u).is_none() {
+                                break 'status 400;
+                            }
+                            continue 'req;
+                        }
+                        TryResult::Named(n) => {
+                            match find_named(&server.locations, &n) {
+                                Some(l) => named = Some(l),
+                                None => break 'status 500,
+                            }
+                            st.internal = true;
+                            continue 'req;
+                        }
+                        TryResult::Code(c) => break 'status c,
+                    }
+                }
+                // content phase
+                let uri = st.uri.clone();
+                let args = st.args.clone();
+                let captures = st.captures.clone();
+                if let Some(hp) = &loc.proxy {
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        ctx,
+                        server,
+                        &uri,
+                        args.as_deref(),
+                        &root,
+                        captures,
+                        None,
+                    );
+                    let prepared =
+                        http_proxy::prepare(self, session, hp, loc, &vars, &uri, args.as_deref());
+                    drop(vars);
+                    return match prepared {
+                        Ok(st) => {
+                            ctx.http = Some(st);
+                            Ok(())
+                        }
+                        Err(f) => self.respond_failure(session, ctx, f).await,
+                    };
+                }
+                if let Some(fc) = &loc.fastcgi {
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        ctx,
+                        server,
+                        &uri,
+                        args.as_deref(),
+                        &root,
+                        captures,
+                        Some(fc),
+                    );
+                    let params = fastcgi::build_params(fc, &vars, session.req_header());
+                    drop(vars);
+                    return fastcgi::serve(self, session, ctx, server, fc, params).await;
+                }
                 let vars = ReqVars::new(
                     rt,
                     session,
@@ -392,59 +614,162 @@ impl Why502 {
                     args.as_deref(),
                     &root,
                     captures,
-                    Some(fc),
+                    None,
                 );
-                let params = fastcgi::build_params(fc, &vars, session.req_header());
+                // static: the index module for directories
+                if uri.ends_with('/') {
+                    let index = loc.index.as_ref().unwrap_or(&server.index);
+                    let dir = route::file_path(&root, loc, &uri, &vars);
+                    let mut found = None;
+                    for name in index {
+                        if name.starts_with('/') || dir.join(name).is_file() {
+                            found = Some(if name.starts_with('/') {
+                                name.clone()
+                            } else {
+                                format!("{uri}{name}")
+                            });
+                            break;
+                        }
+                    }
+                    drop(vars);
+                    match found {
+                        Some(u) => {
+                            st.uri = match route::normalize_path(&u) {
+                                Some(u) => u,
+                                None => break 'status 400,
+                            };
+                            st.internal = true;
+                            st.captures.clear();
+                            continue 'req;
+                        }
+                        None => break 'status if dir.is_dir() { 403 } else { 404 },
+                    }
+                }
+                let path = route::file_path(&root, loc, &uri, &vars);
+                let https = vars.https;
+                let host = vars.header("host").map(|_| vars.host().into_owned());
+                let local = vars.local;
                 drop(vars);
-                return fastcgi::serve(self, session, ctx, server, fc, params).await;
-            }
-            let vars = ReqVars::new(
-                rt,
-                session,
-                ctx,
-                server,
-                &uri,
-                args.as_deref(),
-                &root,
-                captures,
-                None,
-            );
-            // static
-            if uri.ends_with('/') {
-                let index = loc.index.as_ref().unwrap_or(&server.index);
-                let dir = route::file_path(&root, loc, &uri, &vars);
-                let mut found = None;
-                for name in index {
-                    let candidate = if name.starts_with('/') {
-                        name.clone()
-                    } else {
-                        format!("{uri}{name}")
+                let dir_location = {
+                    let l = match &args {
+                        Some(a) if !a.is_empty() => format!("{uri}/?{a}"),
+                        _ => format!("{uri}/"),
                     };
-                    if name.starts_with('/') || dir.join(name).is_file() {
-                        found = Some(candidate);
-                        break;
+                    if server.absolute_redirect {
+                        route::absolute_location(&l, https, host.as_deref(), local)
+                    } else {
+                        l
                     }
+                };
+                let opts = static_files::StaticOpts {
+                    content_type: route::content_type(loc, &uri, &path),
+                    dir_location,
+                    status: st.status_override,
+                };
+                match static_files::serve(self, session, ctx, &path, &opts).await? {
+                    None => return Ok(()),
+                    Some(c) => break 'status c,
                 }
-                drop(vars);
-                match found {
-                    Some(u) => {
-                        uri = u;
-                        continue;
-                    }
-                    None => {
-                        let code = if dir.is_dir() { 403 } else { 404 };
-                        return self.respond_status(session, ctx, code).await;
+            };
+            // Finish with `code`: an error_page of the location, or nginx's page.
+            if !st.error_page_used {
+                if let Some(loc) = status_loc {
+                    let root = loc.root.clone().unwrap_or_else(|| server.root.clone());
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        ctx,
+                        server,
+                        &st.uri,
+                        st.args.as_deref(),
+                        &root,
+                        st.captures.clone(),
+                        None,
+                    );
+                    let action = route::error_page(loc, code, &vars);
+                    drop(vars);
+                    match action {
+                        Some(route::ErrorPageAction::Internal { target, status }) => {
+                            st.error_page_used = true;
+                            st.status_override = status;
+                            ctx.as_get = true;
+                            if target.starts_with('@') {
+                                match find_named(&server.locations, &target) {
+                                    Some(l) => named = Some(l),
+                                    None => return self.respond_status(session, ctx, code).await,
+                                }
+                                st.internal = true;
+                            } else if st.redirect_to(&target).is_none() {
+                                return self.respond_status(session, ctx, code).await;
+                            }
+                            continue 'req;
+                        }
+                        Some(route::ErrorPageAction::Redirect(c, l)) => {
+                            return self.respond_redirect(session, ctx, server, c, &l).await;
+                        }
+                        None => {}
                     }
                 }
             }
-            let path = route::file_path(&root, loc, &uri, &vars);
-            drop(vars);
-            return static_files::serve(self, session, ctx, &path, &uri, args.as_deref()).await;
+            return self.respond_status(session, ctx, code).await;
         }
         // rewrite or internal redirection cycle
+        self.rt.errlog.write_line(&report::nginx_line(
+            "error",
+            &format!(
+                "rewrite or internal redirection cycle while processing \"{}\"",
+                st.uri
+            ),
+            None,
+            &ctx.summary,
+        ));
         self.respond_status(session, ctx, 500).await
     }
 
+    /// Runs rewrite-module directives (`set`, `rewrite`, `return`) in order.
+    #[allow(clippy::too_many_arguments)]
+    fn run_script(
+        &self,
+        session: &Session,
+        ctx: &mut ReqCtx,
+        server: &Server,
+        ops: &[crate::config::ScriptOp],
+        root: &std::path::Path,
+        fc: Option<&FastCgi>,
+        st: &mut RouteState,
+    ) -> ScriptEnd {
+        let mut uri_changed = false;
+        for op in ops {
+            let before = st.uri.clone();
+            let step = {
+                let rt = &self.rt;
+                let c: &ReqCtx = ctx;
+                let eval = |t: &crate::config::Template, s: &RouteState| {
+                    let vars = ReqVars::new(
+                        rt,
+                        session,
+                        c,
+                        server,
+                        &s.uri,
+                        s.args.as_deref(),
+                        root,
+                        s.captures.clone(),
+                        fc,
+                    );
+                    t.eval(&vars)
+                };
+                route::script_step(op, st, &eval)
+            };
+            match step {
+                route::ScriptStep::Set(n, v) => {
+                    ctx.user_vars.insert(n, v);
+                }
+                route::ScriptStep::Next => uri_changed |= st.uri != before,
+                route::ScriptStep::End(e) => return e,
+            }
+        }
+        ScriptEnd::Done { uri_changed }
+    }
     /// Answers with a failure page (status, cause header, Proxy-Status) and logs it.
     pub async fn respond_failure(
         &self,
@@ -474,6 +799,7 @@ impl Why502 {
         for (k, v) in r.headers {
             let _ = h.append_header(k, v);
         }
+        self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(r.body)).await
     }
 
@@ -496,38 +822,114 @@ impl Why502 {
             let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
         }
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(body)).await
     }
 
+    /// `return code [text]`: a redirect for 301/302/303/307/308, else the
+    /// text as the body (typed like nginx: by the URI's extension, else
+    /// `default_type`), else nginx's page for the code.
+    #[allow(clippy::too_many_arguments)]
     async fn respond_return(
         &self,
         session: &mut Session,
         ctx: &mut ReqCtx,
+        server: &Server,
+        loc: &Location,
+        uri: &str,
         code: u16,
         text: Option<String>,
     ) -> Result<(), Abort> {
+        if code == 444 {
+            // nginx closes the connection without a response
+            ctx.summary.status = 444;
+            return Err(Abort);
+        }
         if matches!(code, 301 | 302 | 303 | 307 | 308) {
-            let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
-            let reason = report::reason_phrase(code);
-            let body = format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n");
-            let _ = h.insert_header(http::header::LOCATION, text.unwrap_or_default());
-            let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
-            let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
-            ctx.summary.status = code;
-            return self.write_simple(session, h, Bytes::from(body)).await;
+            return self
+                .respond_redirect(session, ctx, server, code, &text.unwrap_or_default())
+                .await;
         }
         match text {
             Some(t) => {
+                let ctype = match &loc.types {
+                    Some(_) => route::content_type(loc, uri, std::path::Path::new(uri)),
+                    None => "text/plain".to_string(),
+                };
                 let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
-                let _ = h.insert_header(http::header::CONTENT_TYPE, "text/plain");
+                let _ = h.insert_header(http::header::CONTENT_TYPE, ctype);
                 let _ = h.insert_header(http::header::CONTENT_LENGTH, t.len().to_string());
                 ctx.summary.status = code;
+                self.decorate_response(ctx, &mut h);
                 self.write_simple(session, h, Bytes::from(t)).await
             }
             None => self.respond_status(session, ctx, code).await,
         }
     }
 
+    /// A redirect with nginx's HTML body; `/path` is made absolute when the
+    /// server asks for it (nginx's `absolute_redirect on`).
+    async fn respond_redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        server: &Server,
+        code: u16,
+        location: &str,
+    ) -> Result<(), Abort> {
+        let location = if server.absolute_redirect {
+            let req = session.req_header();
+            let host = req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(|h| {
+                    let h = if h.starts_with('[') {
+                        h.split_once(']')
+                            .map(|(a, _)| &h[..a.len() + 1])
+                            .unwrap_or(h)
+                    } else {
+                        h.split(':').next().unwrap_or(h)
+                    };
+                    h.trim_end_matches('.').to_ascii_lowercase()
+                });
+            let https = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .is_some();
+            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+            route::absolute_location(location, https, host.as_deref(), local)
+        } else {
+            location.to_string()
+        };
+        let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
+        let reason = report::reason_phrase(code);
+        let body = format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n");
+        let _ = h.insert_header(http::header::LOCATION, location);
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        ctx.summary.status = code;
+        self.decorate_response(ctx, &mut h);
+        self.write_simple(session, h, Bytes::from(body)).await
+    }
+
+    /// Adds the location's `add_header` and `expires` headers to a response
+    /// why502 makes (nginx: only to 2xx/3xx statuses unless `always`).
+    pub fn decorate_response(&self, ctx: &ReqCtx, h: &mut ResponseHeader) {
+        let status = h.status.as_u16();
+        let ok = route::status_gets_headers(status);
+        if ok {
+            if let Some((exp, cc)) = ctx.expires.and_then(route::expires_headers) {
+                let _ = h.insert_header(http::header::EXPIRES, exp);
+                let _ = h.insert_header(http::header::CACHE_CONTROL, cc);
+            }
+        }
+        for (name, value, always) in &ctx.add_headers {
+            if (ok || *always) && !value.is_empty() {
+                let _ = h.append_header(name.clone(), value.as_str());
+            }
+        }
+    }
     pub async fn write_simple(
         &self,
         session: &mut Session,

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::template::Vars;
-use crate::config::{Location, Match, Server, Template};
+use crate::config::template::{Piece, Vars};
+use crate::config::{Expires, Location, Match, RewriteFlag, ScriptOp, Server, Template};
 
 /// Decodes and normalizes a request path like nginx (`ngx_http_parse_complex_uri`):
 /// percent-decoding, merging slashes, resolving `.` and `..`. `None` = 400.
@@ -120,75 +120,88 @@ pub struct Matched<'a> {
     pub captures: Vec<Option<String>>,
 }
 
-/// nginx's location precedence: `=` exact; longest prefix (nested first);
-/// if that prefix is `^~`, stop; else regexes in order (nested regexes of the
-/// matched prefix first); else the longest prefix.
+/// How a level of the search ended (nginx's `ngx_http_core_find_location`).
+#[derive(PartialEq, Eq)]
+enum Found {
+    /// `=` exact or a regex: final.
+    Final,
+    /// A prefix matched (it is in `current`); enclosing regexes still apply.
+    Prefix,
+    Nothing,
+}
+
+/// nginx's location search: an exact `=` match wins; else the longest
+/// matching prefix, then (recursively) its nested locations; unless that
+/// prefix is `^~`, this level's regexes are tried in order and the first
+/// match wins (then its own nested locations are searched); else the
+/// longest prefix. Named locations and the server's own level never match.
 pub fn find_location<'a>(locations: &'a [Location], uri: &str) -> Option<Matched<'a>> {
+    let mut current = None;
+    find_level(locations, uri, &mut current);
+    current
+}
+
+fn find_level<'a>(
+    locations: &'a [Location],
+    uri: &str,
+    current: &mut Option<Matched<'a>>,
+) -> Found {
+    if let Some(l) = locations
+        .iter()
+        .find(|l| matches!(&l.matcher, Match::Exact(p) if p == uri))
+    {
+        *current = Some(Matched {
+            loc: l,
+            captures: Vec::new(),
+        });
+        return Found::Final;
+    }
     let mut prefix: Option<&'a Location> = None;
     let mut best_len = 0usize;
     for l in locations {
-        match &l.matcher {
-            Match::Exact(p) if p == uri => {
-                return Some(Matched {
-                    loc: l,
-                    captures: Vec::new(),
-                });
+        if let Match::Prefix(p) | Match::PrefixNoRegex(p) = &l.matcher {
+            if uri.starts_with(p.as_str()) && (prefix.is_none() || p.len() > best_len) {
+                prefix = Some(l);
+                best_len = p.len();
             }
-            Match::Prefix(p) | Match::PrefixNoRegex(p) if uri.starts_with(p.as_str()) => {
-                if prefix.is_none() || p.len() > best_len {
-                    prefix = Some(l);
-                    best_len = p.len();
-                }
-            }
-            _ => {}
         }
     }
+    let mut rc = Found::Nothing;
+    let mut noregex = false;
     if let Some(p) = prefix {
-        if !p.locations.is_empty() {
-            if let Some(m) = find_location(&p.locations, uri) {
-                let nested_is_regex =
-                    matches!(m.loc.matcher, Match::Regex { .. } | Match::Exact(_));
-                if nested_is_regex || matches!(m.loc.matcher, Match::PrefixNoRegex(_)) {
-                    return Some(m);
-                }
-                // a nested prefix: still check this level's regexes below
-                if !matches!(p.matcher, Match::PrefixNoRegex(_)) {
-                    if let Some(r) = find_regex(locations, uri) {
-                        return Some(r);
+        *current = Some(Matched {
+            loc: p,
+            captures: Vec::new(),
+        });
+        noregex = matches!(p.matcher, Match::PrefixNoRegex(_));
+        if find_level(&p.locations, uri, current) == Found::Final {
+            return Found::Final;
+        }
+        rc = Found::Prefix;
+    }
+    if !noregex {
+        for l in locations {
+            if let Match::Regex { re, .. } = &l.matcher {
+                if let Some(c) = re.captures(uri) {
+                    let captures = c
+                        .iter()
+                        .map(|m| m.map(|m| m.as_str().to_string()))
+                        .collect();
+                    *current = Some(Matched { loc: l, captures });
+                    let caps = current.as_ref().map(|m| m.captures.clone());
+                    find_level(&l.locations, uri, current);
+                    // nested locations of a regex keep the regex's captures
+                    if let (Some(m), Some(c)) = (current.as_mut(), caps) {
+                        if m.captures.is_empty() {
+                            m.captures = c;
+                        }
                     }
+                    return Found::Final;
                 }
-                return Some(m);
-            }
-        }
-        if matches!(p.matcher, Match::PrefixNoRegex(_)) {
-            return Some(Matched {
-                loc: p,
-                captures: Vec::new(),
-            });
-        }
-    }
-    if let Some(r) = find_regex(locations, uri) {
-        return Some(r);
-    }
-    prefix.map(|loc| Matched {
-        loc,
-        captures: Vec::new(),
-    })
-}
-
-fn find_regex<'a>(locations: &'a [Location], uri: &str) -> Option<Matched<'a>> {
-    for l in locations {
-        if let Match::Regex { re, .. } = &l.matcher {
-            if let Some(c) = re.captures(uri) {
-                let captures = c
-                    .iter()
-                    .map(|m| m.map(|m| m.as_str().to_string()))
-                    .collect();
-                return Some(Matched { loc: l, captures });
             }
         }
     }
-    None
+    rc
 }
 
 pub fn find_named<'a>(locations: &'a [Location], name: &str) -> Option<&'a Location> {
@@ -240,17 +253,282 @@ pub fn try_files(entries: &[Template], root: &Path, loc: &Location, vars: &dyn V
             }
             return TryResult::Redirect(v);
         }
-        let p = file_path(root, loc, &v, vars);
-        let ok = if v.ends_with('/') {
-            p.is_dir()
-        } else {
-            p.is_file()
+        // nginx strips the trailing slash of a directory entry when it reads
+        // the config: a found `$uri/` continues as `/dir`, which the static
+        // module then redirects to `/dir/`.
+        let test_dir = matches!(t.pieces.last(), Some(Piece::Lit(l)) if l.ends_with('/'));
+        let v = match v.strip_suffix('/') {
+            Some(x) if test_dir && !x.is_empty() => x.to_string(),
+            _ => v,
         };
+        let p = file_path(root, loc, &v, vars);
+        let ok = if test_dir { p.is_dir() } else { p.is_file() };
         if ok {
             return TryResult::Found(v);
         }
     }
     TryResult::Code(404)
+}
+
+/// Where a request is in nginx's phases: its current URI, arguments and
+/// regex captures, and what internal redirects already happened.
+#[derive(Debug, Clone, Default)]
+pub struct RouteState {
+    pub uri: String,
+    pub args: Option<String>,
+    pub captures: Vec<Option<String>>,
+    /// Reached through an internal redirect (for `internal` locations).
+    pub internal: bool,
+    /// An `error_page` redirect already happened (they do not chain).
+    pub error_page_used: bool,
+    /// The status an `error_page` target is served with (None = its own).
+    pub status_override: Option<u16>,
+}
+
+impl RouteState {
+    /// An internal redirect to `target` (`/path?args`): like
+    /// `ngx_http_internal_redirect`, a target without `?` has no arguments.
+    /// `None` if the path is invalid (400).
+    pub fn redirect_to(&mut self, target: &str) -> Option<()> {
+        let (p, a) = match target.split_once('?') {
+            Some((p, a)) => (p, Some(a.to_string())),
+            None => (target, None),
+        };
+        self.uri = normalize_path(p)?;
+        self.args = a;
+        self.internal = true;
+        self.captures.clear();
+        Some(())
+    }
+}
+
+/// How the rewrite-module directives of a level ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScriptEnd {
+    /// All ran; `uri_changed`: a `rewrite` without flag changed the URI, so
+    /// the location is searched again.
+    Done { uri_changed: bool },
+    /// `rewrite ... last`: search the location again with the new URI.
+    Last,
+    /// `rewrite ... break`: stay in this location with the new URI.
+    Break,
+    /// `rewrite ... redirect|permanent` (code, Location).
+    Redirect(u16, String),
+    /// `return code [text]`.
+    Return(u16, Option<String>),
+}
+
+/// One step's outcome, for [`run_script`]'s caller to act on.
+pub enum ScriptStep {
+    /// `set`: store this user variable and go on.
+    Set(String, String),
+    End(ScriptEnd),
+    Next,
+}
+
+/// Runs one rewrite-module directive against the state. `eval` evaluates a
+/// template with the variables of `st` (URI, args, captures).
+pub fn script_step(
+    op: &ScriptOp,
+    st: &mut RouteState,
+    eval: &dyn Fn(&Template, &RouteState) -> String,
+) -> ScriptStep {
+    match op {
+        ScriptOp::Set { name, value } => {
+            let v = eval(value, st);
+            ScriptStep::Set(name.clone(), v)
+        }
+        ScriptOp::Return(r) => {
+            let text = r.text.as_ref().map(|t| eval(t, st));
+            ScriptStep::End(ScriptEnd::Return(r.code, text))
+        }
+        ScriptOp::Rewrite(rw) => {
+            let Some(c) = rw.re.captures(&st.uri) else {
+                return ScriptStep::Next;
+            };
+            st.captures = c
+                .iter()
+                .map(|m| m.map(|m| m.as_str().to_string()))
+                .collect();
+            let rep = eval(&rw.replacement, st);
+            let redirect = matches!(rw.flag, RewriteFlag::Redirect | RewriteFlag::Permanent)
+                || rep.starts_with("http://")
+                || rep.starts_with("https://");
+            let old_args = st.args.clone().filter(|a| !a.is_empty());
+            if redirect {
+                let code = if rw.flag == RewriteFlag::Permanent {
+                    301
+                } else {
+                    302
+                };
+                let loc = match rep.strip_suffix('?') {
+                    Some(r) => r.to_string(),
+                    None => match (rep.contains('?'), old_args) {
+                        (true, Some(a)) => format!("{rep}&{a}"),
+                        (false, Some(a)) => format!("{rep}?{a}"),
+                        (_, None) => rep,
+                    },
+                };
+                return ScriptStep::End(ScriptEnd::Redirect(code, loc));
+            }
+            let (path, args) = match rep.strip_suffix('?') {
+                Some(r) => (r.split_once('?').map_or(r, |(p, _)| p).to_string(), {
+                    r.split_once('?').map(|(_, a)| a.to_string())
+                }),
+                None => match rep.split_once('?') {
+                    Some((p, a)) => (
+                        p.to_string(),
+                        Some(match old_args {
+                            Some(o) if !a.is_empty() => format!("{a}&{o}"),
+                            Some(o) => o,
+                            None => a.to_string(),
+                        }),
+                    ),
+                    None => (rep.clone(), st.args.clone()),
+                },
+            };
+            st.uri = path;
+            st.args = args;
+            st.internal = true;
+            match rw.flag {
+                RewriteFlag::Last => ScriptStep::End(ScriptEnd::Last),
+                RewriteFlag::Break => ScriptStep::End(ScriptEnd::Break),
+                _ => ScriptStep::Next,
+            }
+        }
+    }
+}
+
+/// What an `error_page` for a status asks for.
+pub enum ErrorPageAction {
+    /// Internal redirect to a URI or named location, served with `status`
+    /// (None = the target's own status).
+    Internal { target: String, status: Option<u16> },
+    /// A redirect to a URL (302 unless `=301` etc.).
+    Redirect(u16, String),
+}
+
+/// The `error_page` configured for `code` in `loc`, if any.
+pub fn error_page(loc: &Location, code: u16, vars: &dyn Vars) -> Option<ErrorPageAction> {
+    let ep = loc.error_pages.iter().find(|e| e.codes.contains(&code))?;
+    let target = ep.target.eval(vars);
+    if target.starts_with('/') || target.starts_with('@') {
+        // no `=`: the error code; `=`: the target's own; `=n`: n
+        let status = match ep.response {
+            Some(0) => None,
+            r => Some(r.unwrap_or(code)),
+        };
+        return Some(ErrorPageAction::Internal { target, status });
+    }
+    let c = ep
+        .response
+        .filter(|c| matches!(c, 301 | 302 | 303 | 307 | 308))
+        .unwrap_or(302);
+    Some(ErrorPageAction::Redirect(c, target))
+}
+
+/// `allow`/`deny`: true if `client` may access `loc` (first matching rule).
+pub fn access_allowed(loc: &Location, client: Option<std::net::IpAddr>) -> bool {
+    for r in &loc.access {
+        let hit = match (&r.net, client) {
+            (None, _) => true,
+            (Some(n), Some(ip)) => n.contains(ip),
+            (Some(_), None) => false,
+        };
+        if hit {
+            return r.allow;
+        }
+    }
+    true
+}
+
+/// Content type for `uri` with the location's `types`/`default_type`
+/// (nginx: by the URI's extension, lower-cased); the YAML front end guesses
+/// from the file name.
+pub fn content_type(loc: &Location, uri: &str, path: &Path) -> String {
+    match &loc.types {
+        Some(types) => {
+            let name = uri.rsplit('/').next().unwrap_or("");
+            let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+            ext.and_then(|e| types.get(&e).cloned())
+                .or_else(|| loc.default_type.clone())
+                .unwrap_or_else(|| "text/plain".into())
+        }
+        None => super::static_files::content_type(path),
+    }
+}
+
+/// `add_header` values for `loc`, evaluated now: (name, value, always).
+pub fn location_headers(loc: &Location, vars: &dyn Vars) -> Vec<(String, String, bool)> {
+    loc.add_headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.eval(vars), h.always))
+        .collect()
+}
+
+/// `expires` headers (Expires, Cache-Control) for a response made now.
+pub fn expires_headers(e: Expires) -> Option<(String, String)> {
+    let now = std::time::SystemTime::now();
+    Some(match e {
+        Expires::Off => return None,
+        Expires::Epoch => ("Thu, 01 Jan 1970 00:00:01 GMT".into(), "no-cache".into()),
+        Expires::Max => (
+            "Thu, 31 Dec 2037 23:55:55 GMT".into(),
+            "max-age=315360000".into(),
+        ),
+        Expires::After(n) => {
+            let t = if n >= 0 {
+                now + std::time::Duration::from_secs(n.unsigned_abs())
+            } else {
+                now.checked_sub(std::time::Duration::from_secs(n.unsigned_abs()))
+                    .unwrap_or(now)
+            };
+            let cc = if n < 0 {
+                "no-cache".to_string()
+            } else {
+                format!("max-age={n}")
+            };
+            (httpdate::fmt_http_date(t), cc)
+        }
+    })
+}
+
+/// nginx adds `add_header` (without `always`) and `expires` only to these.
+pub fn status_gets_headers(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    )
+}
+
+/// `absolute_redirect on`: `/path` → `scheme://host[:port]/path`, with the
+/// Host header's name (server_name_in_redirect off) and the local port
+/// unless it is the scheme's default (port_in_redirect on).
+pub fn absolute_location(
+    location: &str,
+    https: bool,
+    host: Option<&str>,
+    local: Option<std::net::SocketAddr>,
+) -> String {
+    if !location.starts_with('/') {
+        return location.to_string();
+    }
+    let scheme = if https { "https" } else { "http" };
+    let host = match host {
+        Some(h) if !h.is_empty() => h.to_string(),
+        _ => match local {
+            Some(a) if a.is_ipv6() => format!("[{}]", a.ip()),
+            Some(a) => a.ip().to_string(),
+            None => "localhost".into(),
+        },
+    };
+    let port = local.map(|a| a.port()).unwrap_or(80);
+    let default = if https { 443 } else { 80 };
+    if port == default {
+        format!("{scheme}://{host}{location}")
+    } else {
+        format!("{scheme}://{host}:{port}{location}")
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +580,58 @@ mod tests {
         assert!(code("/a.php").contains("php$"), "{}", code("/a.php"));
         assert!(code("/a.png").contains("png|php"));
         assert!(code("/a.txt").contains("Prefix(\"/\")"));
+    }
+
+    #[test]
+    fn nested_precedence_like_nginx() {
+        // location / { location ~ \.js$ {} }  location ^~ /s/ { location /s/deep/ {} }
+        // location ~ \.php$ {}
+        let mut root = loc(Match::Prefix("/".into()));
+        root.locations.push(loc(re(r"\.js$")));
+        let mut s = loc(Match::PrefixNoRegex("/s/".into()));
+        s.locations.push(loc(Match::Prefix("/s/deep/".into())));
+        let mut a = loc(Match::Prefix("/a/".into()));
+        a.locations.push(loc(Match::PrefixNoRegex("/a/b/".into())));
+        let locs = vec![root, s, a, loc(re(r"\.php$")), loc(re(r"^/(x)(y)?"))];
+        let m = |u: &str| {
+            find_location(&locs, u)
+                .map(|m| format!("{:?}", m.loc.matcher))
+                .unwrap_or_default()
+        };
+        // nested regex of the matched prefix before this level's regexes
+        assert!(m("/x.js").contains("js$"), "{}", m("/x.js"));
+        // this level's regex beats a nested prefix
+        assert!(m("/t.php").contains("php$"));
+        // ^~ stops regexes, but its nested prefix is longer
+        assert!(m("/s/deep/x.php").contains("/s/deep/"));
+        assert!(m("/s/x.php").contains("PrefixNoRegex(\"/s/\")"));
+        // a nested ^~ does not stop the enclosing level's regexes (nginx)
+        assert!(m("/a/b/x.php").contains("php$"), "{}", m("/a/b/x.php"));
+        assert!(m("/a/b/x").contains("/a/b/"));
+        // captures of the regex that matched
+        let c = find_location(&locs, "/xq")
+            .map(|m| m.captures)
+            .unwrap_or_default();
+        assert_eq!(c, vec![Some("/x".to_string()), Some("x".to_string()), None]);
+        // no match at all
+        assert!(find_location(&locs[1..3], "/zzz").is_none());
+    }
+
+    #[test]
+    fn absolute_redirects() {
+        let local = "127.0.0.1:8080".parse().ok();
+        assert_eq!(
+            absolute_location("/d/", false, Some("ex.com"), local),
+            "http://ex.com:8080/d/"
+        );
+        let local80 = "127.0.0.1:80".parse().ok();
+        assert_eq!(
+            absolute_location("/d/", false, None, local80),
+            "http://127.0.0.1/d/"
+        );
+        assert_eq!(
+            absolute_location("http://x/", false, None, local),
+            "http://x/"
+        );
     }
 }

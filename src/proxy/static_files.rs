@@ -18,7 +18,6 @@ const CHUNK: usize = 64 * 1024;
 /// Content type by file extension (nginx `default_type application/octet-stream`).
 pub fn content_type(path: &Path) -> String {
     match mime_guess::from_path(path).first_raw() {
-        Some(t) if t.starts_with("text/") || t == "application/javascript" => format!("{t}"),
         Some(t) => t.to_string(),
         None => "application/octet-stream".to_string(),
     }
@@ -56,45 +55,59 @@ fn parse_range(v: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(r))
 }
 
+/// How to serve one static file.
+pub struct StaticOpts {
+    /// Content-Type for the file (from `types`/`default_type` or a guess).
+    pub content_type: String,
+    /// `Location` of the redirect when the path is a directory.
+    pub dir_location: String,
+    /// Serve with this status (an `error_page` target): no ranges, no 304.
+    pub status: Option<u16>,
+}
+
+/// Serves `path`. `Ok(Some(code))`: nothing was sent, the caller finishes
+/// the request with that status (404, 403, 405), so `error_page` applies.
 pub async fn serve(
     p: &Why502,
     session: &mut Session,
     ctx: &mut ReqCtx,
     path: &Path,
-    uri: &str,
-    args: Option<&str>,
-) -> Result<(), Abort> {
+    opts: &StaticOpts,
+) -> Result<Option<u16>, Abort> {
+    let method = session.req_header().method.clone();
+    let get_or_head =
+        matches!(method, http::Method::GET | http::Method::HEAD) || opts.status.is_some();
+    // nginx's static handler: only GET, HEAD and POST get this far.
+    if !get_or_head && method != http::Method::POST {
+        return Ok(Some(405));
+    }
     let meta = match tokio::fs::metadata(path).await {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return p.respond_status(session, ctx, 403).await
-        }
-        Err(_) => return p.respond_status(session, ctx, 404).await,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(Some(403)),
+        Err(_) => return Ok(Some(404)),
     };
     if meta.is_dir() {
         let mut h = ResponseHeader::build(301, Some(4)).map_err(|_| Abort)?;
-        let loc = match args {
-            Some(a) => format!("{uri}/?{a}"),
-            None => format!("{uri}/"),
-        };
-        let _ = h.insert_header(http::header::LOCATION, loc);
+        let _ = h.insert_header(http::header::LOCATION, opts.dir_location.as_str());
         let body = "<html>\r\n<head><title>301 Moved Permanently</title></head>\r\n<body>\r\n<center><h1>301 Moved Permanently</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n";
         let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         ctx.summary.status = 301;
-        return p
-            .write_simple(session, h, bytes::Bytes::from_static(body.as_bytes()))
-            .await;
+        p.decorate_response(ctx, &mut h);
+        p.write_simple(session, h, bytes::Bytes::from_static(body.as_bytes()))
+            .await?;
+        return Ok(None);
     }
     if !meta.is_file() {
-        return p.respond_status(session, ctx, 404).await;
+        return Ok(Some(404));
+    }
+    if !get_or_head {
+        return Ok(Some(405));
     }
     let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return p.respond_status(session, ctx, 403).await
-        }
-        Err(_) => return p.respond_status(session, ctx, 404).await,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(Some(403)),
+        Err(_) => return Ok(Some(404)),
     };
     let len = meta.len();
     let mtime = meta.modified().ok();
@@ -112,16 +125,13 @@ pub async fn serve(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let not_modified = match (header("if-none-match"), header("if-modified-since")) {
-        (Some(inm), _) => inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
-        (None, Some(ims)) => last_modified.as_deref() == Some(ims.as_str()),
-        _ => false,
-    };
-    let is_get_or_head = matches!(req.method, http::Method::GET | http::Method::HEAD);
-    if !is_get_or_head {
-        return p.respond_status(session, ctx, 405).await;
-    }
-    let range = if not_modified {
+    let not_modified = opts.status.is_none()
+        && match (header("if-none-match"), header("if-modified-since")) {
+            (Some(inm), _) => inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
+            (None, Some(ims)) => last_modified.as_deref() == Some(ims.as_str()),
+            _ => false,
+        };
+    let range = if not_modified || opts.status.is_some() {
         None
     } else {
         header("range").and_then(|r| parse_range(&r, len))
@@ -131,27 +141,37 @@ pub async fn serve(
         _ if not_modified => (304u16, 0, 0),
         Some(Err(())) => (416, 0, 0),
         Some(Ok((a, b))) => (206, a, b - a + 1),
-        None => (200, 0, len),
+        None => (opts.status.unwrap_or(200), 0, len),
     };
+    if status == 416 {
+        // nginx: its error page, with the file's length in Content-Range
+        let mut h = ResponseHeader::build(416, Some(4)).map_err(|_| Abort)?;
+        let body = "<html>\r\n<head><title>416 Requested Range Not Satisfiable</title></head>\r\n<body>\r\n<center><h1>416 Requested Range Not Satisfiable</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n";
+        let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
+        let _ = h.insert_header(http::header::CONTENT_RANGE, format!("bytes */{len}"));
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        ctx.summary.status = 416;
+        p.decorate_response(ctx, &mut h);
+        p.write_simple(session, h, bytes::Bytes::from_static(body.as_bytes()))
+            .await?;
+        return Ok(None);
+    }
     let mut h = ResponseHeader::build(status, Some(8)).map_err(|_| Abort)?;
-    if status != 416 {
-        let _ = h.insert_header(http::header::CONTENT_TYPE, content_type(path));
+    // nginx: no Content-Type on 304, Last-Modified only on 200/206/304
+    if status != 304 {
+        let _ = h.insert_header(http::header::CONTENT_TYPE, opts.content_type.as_str());
+    }
+    if matches!(status, 200 | 206 | 304) {
         if let Some(lm) = &last_modified {
             let _ = h.insert_header(http::header::LAST_MODIFIED, lm.as_str());
         }
-        let _ = h.insert_header(http::header::ETAG, etag.as_str());
     }
-    match status {
-        206 => {
-            let _ = h.insert_header(
-                http::header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{len}", start + count - 1),
-            );
-        }
-        416 => {
-            let _ = h.insert_header(http::header::CONTENT_RANGE, format!("bytes */{len}"));
-        }
-        _ => {}
+    let _ = h.insert_header(http::header::ETAG, etag.as_str());
+    if status == 206 {
+        let _ = h.insert_header(
+            http::header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", start + count - 1),
+        );
     }
     if status != 304 {
         let _ = h.insert_header(http::header::CONTENT_LENGTH, count.to_string());
@@ -160,6 +180,7 @@ pub async fn serve(
         let _ = h.insert_header(http::header::ACCEPT_RANGES, "bytes");
     }
     let _ = h.insert_header(http::header::SERVER, "why502");
+    p.decorate_response(ctx, &mut h);
     ctx.summary.status = status;
     session
         .write_response_header(Box::new(h), false)
@@ -170,6 +191,7 @@ pub async fn serve(
         return session
             .write_response_body(None, true)
             .await
+            .map(|_| None)
             .map_err(|_| Abort);
     }
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
@@ -190,7 +212,7 @@ pub async fn serve(
             .await
             .map_err(|_| Abort)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! nginx variables for one request (`$uri`, `$document_root`, `$http_host`...).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 use pingora_proxy::Session;
@@ -28,6 +29,10 @@ pub struct ReqVars<'a> {
     pub client: Option<std::net::SocketAddr>,
     pub local: Option<std::net::SocketAddr>,
     pub https: bool,
+    /// `set $name` values.
+    pub user: &'a HashMap<String, String>,
+    /// `$request_method` (GET while serving an `error_page`, like nginx).
+    pub method: &'a str,
 }
 
 impl<'a> ReqVars<'a> {
@@ -76,10 +81,16 @@ impl<'a> ReqVars<'a> {
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             local: session.server_addr().and_then(|a| a.as_inet()).copied(),
             https,
+            user: &ctx.user_vars,
+            method: if ctx.as_get && session.req_header().method != http::Method::HEAD {
+                "GET"
+            } else {
+                session.req_header().method.as_str()
+            },
         }
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.req.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
@@ -121,7 +132,11 @@ impl Vars for ReqVars<'_> {
                     .unwrap_or("/"),
             ),
             Args | QueryString => Cow::Borrowed(self.args.unwrap_or("")),
-            IsArgs => Cow::Borrowed(if self.args.is_some() { "?" } else { "" }),
+            IsArgs => Cow::Borrowed(if self.args.is_some_and(|a| !a.is_empty()) {
+                "?"
+            } else {
+                ""
+            }),
             DocumentRoot => self.root.to_string_lossy(),
             RealpathRoot => Cow::Owned(
                 std::fs::canonicalize(self.root)
@@ -149,7 +164,7 @@ impl Vars for ReqVars<'_> {
             }),
             Scheme => Cow::Borrowed(if self.https { "https" } else { "http" }),
             Https => Cow::Borrowed(if self.https { "on" } else { "" }),
-            RequestMethod => Cow::Borrowed(self.req.method.as_str()),
+            RequestMethod => Cow::Borrowed(self.method),
             ContentType => Cow::Borrowed(self.header("content-type").unwrap_or("")),
             ContentLength => Cow::Borrowed(self.header("content-length").unwrap_or("")),
             RequestId => Cow::Borrowed(self.request_id),
@@ -196,7 +211,7 @@ impl Vars for ReqVars<'_> {
                     .and_then(|c| c.as_deref())
                     .unwrap_or(""),
             ),
-            User(_) => Cow::Borrowed(""),
+            User(name) => Cow::Borrowed(self.user.get(name).map(String::as_str).unwrap_or("")),
         }
     }
 }

@@ -1,0 +1,263 @@
+//! Streaming both ways with flat memory, and FastCGI connection reuse.
+//!
+//! The transfer size is `$WHY502_BIG_MB` MiB (default 1024 = 1 GiB).
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use why502::fake_fcgi::{FakeFcgi, Fault};
+
+use crate::harness::*;
+use crate::support;
+
+/// why502 must stay under this resident size while streaming.
+const MAX_RSS_KB: u64 = 64 * 1024;
+
+fn big_mb() -> u64 {
+    std::env::var("WHY502_BIG_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// A `/proc/<pid>/status` field in kB.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Samples the process's VmRSS every 100 ms until dropped; keeps the maximum.
+struct RssWatch {
+    max_kb: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    t: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> RssWatch {
+        let max_kb = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max_kb.clone(), stop.clone());
+        let t = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if let Some(kb) = status_kb(pid, "VmRSS:") {
+                    m.fetch_max(kb, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssWatch {
+            max_kb,
+            stop,
+            t: Some(t),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.t.take() {
+            let _ = t.join();
+        }
+        self.max_kb.load(Ordering::SeqCst)
+    }
+}
+
+fn php_site(
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut why502::fpm::PoolSpec),
+) -> (why502::fpm::Fpm, Proxy) {
+    let mut spec = pool("www");
+    tune(&mut spec);
+    let f = fpm(dir, vec![spec]);
+    // client_max_body_size 0 = no limit (nginx's meaning).
+    let p = Proxy::yaml(
+        dir,
+        &php_yaml(
+            &www(),
+            &fpm_addr(&f, "www"),
+            "",
+            "client_max_body_size: 0",
+            "",
+        ),
+    );
+    (f, p)
+}
+
+#[test]
+fn big_download_keeps_memory_flat() {
+    let mb = big_mb();
+    let dir = support::temp_dir();
+    let (_f, p) = php_site(dir.path(), |_| {});
+    let watch = RssWatch::start(p.pid());
+    let t0 = Instant::now();
+    let req = format!("GET /big.php?mb={mb} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (status, _headers, mut body) =
+        open_stream(&p.addr, req.as_bytes(), Duration::from_secs(30));
+    assert_eq!(status, 200);
+    // big.php's byte at offset k is (k % 65536) % 251.
+    let block: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off: u64 = 0;
+    loop {
+        let n = body
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("body broke after {off} bytes: {e}"));
+        if n == 0 {
+            break;
+        }
+        let mut i = 0;
+        while i < n {
+            let b = (off % 65536) as usize;
+            let take = (65536 - b).min(n - i);
+            assert!(
+                buf[i..i + take] == block[b..b + take],
+                "wrong bytes at offset {off}"
+            );
+            i += take;
+            off += take as u64;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "download too slow");
+    }
+    let took = t0.elapsed();
+    assert_eq!(off, mb << 20, "download length");
+    let max_rss = watch.finish();
+    let hwm = status_kb(p.pid(), "VmHWM:").unwrap_or(0);
+    eprintln!("download of {mb} MiB: {took:?}, why502 max VmRSS {max_rss} kB, VmHWM {hwm} kB");
+    assert!(
+        hwm > 0 && hwm < MAX_RSS_KB,
+        "why502 VmHWM {hwm} kB after a {mb} MiB download"
+    );
+}
+
+#[test]
+fn big_upload_keeps_memory_flat() {
+    let mb = big_mb();
+    let dir = support::temp_dir();
+    // enable_post_data_reading off: PHP streams php://input instead of
+    // spooling the body first (and post_max_size does not apply).
+    let (_f, p) = php_site(dir.path(), |s| {
+        s.admin_flags
+            .push(("enable_post_data_reading".into(), "off".into()))
+    });
+    let len = mb << 20;
+    // The expected digest, computed by sha256sum from the same bytes.
+    let mut sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils)");
+    let mut sha_in = sha.stdin.take().unwrap();
+    let watch = RssWatch::start(p.pid());
+    let t0 = Instant::now();
+    let head = format!(
+        "POST /echo.php HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    let mut block: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let mut n_block: u64 = 0;
+    let mut left = len;
+    let (r, sent) = http_streaming(
+        &p.addr,
+        head,
+        move |buf| {
+            if left == 0 {
+                return 0;
+            }
+            // Each 64 KiB block starts with its index: reordered or
+            // duplicated STDIN records change the digest.
+            block[..8].copy_from_slice(&n_block.to_le_bytes());
+            n_block += 1;
+            let n = (left.min(65536)) as usize;
+            buf[..n].copy_from_slice(&block[..n]);
+            sha_in.write_all(&block[..n]).expect("feed sha256sum");
+            left -= n as u64;
+            n
+        },
+        Duration::from_secs(120),
+    );
+    let took = t0.elapsed();
+    let mut out = String::new();
+    sha.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let _ = sha.wait();
+    let want = out.split_whitespace().next().unwrap_or("").to_string();
+    assert_eq!(sent, len);
+    assert_eq!(r.status, 200, "{r:?}{}", p.logs());
+    assert_eq!(r.text(), format!("len={len} sha256={want}"));
+    let max_rss = watch.finish();
+    let hwm = status_kb(p.pid(), "VmHWM:").unwrap_or(0);
+    eprintln!("upload of {mb} MiB: {took:?}, why502 max VmRSS {max_rss} kB, VmHWM {hwm} kB");
+    assert!(
+        hwm > 0 && hwm < MAX_RSS_KB,
+        "why502 VmHWM {hwm} kB after a {mb} MiB upload"
+    );
+}
+
+#[test]
+fn keep_conn_reuses_one_fastcgi_connection() {
+    let dir = support::temp_dir();
+    let fake = FakeFcgi::start_tcp_thread(Fault::Ok).unwrap();
+    let p = Proxy::flags(
+        dir.path(),
+        &["--fastcgi", &fake.addr(), "--root", &www(), "--keep-conn"],
+    );
+    for i in 0..5 {
+        let r = p.get(&format!("/x.php?i={i}"));
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+    }
+    assert_eq!(
+        fake.connections(),
+        1,
+        "requests were not sent on one connection"
+    );
+    // Without --keep-conn: one connection per request.
+    let dir2 = support::temp_dir();
+    let fake2 = FakeFcgi::start_tcp_thread(Fault::Ok).unwrap();
+    let p2 = Proxy::flags(dir2.path(), &["--fastcgi", &fake2.addr(), "--root", &www()]);
+    for _ in 0..3 {
+        assert_eq!(p2.get("/x.php").status, 200);
+    }
+    assert_eq!(fake2.connections(), 3);
+}
+
+#[test]
+fn stale_kept_alive_connection_is_retried_once_for_a_get() {
+    // The responder keeps its first connection after answering, then closes
+    // it when the next request arrives on it, without answering: the race of
+    // an upstream closing an idle connection just as it is reused. (A close
+    // that happens while the connection is idle in the pool is noticed before
+    // reuse and never reaches this path.) Later connections behave.
+    let dir = support::temp_dir();
+    let srv = RawServer::start(|i, mut s| {
+        const OK: &[u8] = b"Content-Type: text/plain\r\n\r\nok";
+        if !read_fcgi_request(&mut s) {
+            return;
+        }
+        let _ = s.write_all(&fcgi_response(OK));
+        if i == 0 && read_fcgi_request(&mut s) {
+            graceful_close(s);
+            return;
+        }
+        graceful_close(s);
+    });
+    let p = Proxy::flags(
+        dir.path(),
+        &["--fastcgi", &srv.addr(), "--root", &www(), "--keep-conn"],
+    );
+    for _ in 0..2 {
+        let r = p.get("/x.php");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "{r:?}{}",
+            p.logs()
+        );
+    }
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
+    assert!(!p.error_log().contains("cause:"), "{}", p.logs());
+}
