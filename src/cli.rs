@@ -27,6 +27,8 @@ pub struct Cli {
     pub quick: Quick,
 }
 
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Check a configuration and exit (like `nginx -t`).

@@ -7,10 +7,13 @@
 //! - [`config`]: the internal configuration model and its YAML front end;
 //!   [`nginx`] is the nginx.conf front end into the same model.
 //! - [`upstream`]: connecting to upstreams, pools, server selection.
-//! - [`proxy`]: the Pingora wiring: routing, static files, the FastCGI gateway.
+//! - [`proxy`]: the Pingora wiring: routing (nginx's rules), static files, the
+//!   FastCGI gateway (`proxy::fastcgi`) and HTTP backends (`proxy::http_proxy`).
 //! - [`report`]: cause header, Proxy-Status, error page, logs;
 //!   [`stderr`]: diagnosis from PHP's stderr.
-//! - [`cli`], [`server`]: the command line and the Pingora server.
+//! - [`cli`], [`server`]: the command line and the Pingora server;
+//!   [`demo`] the failure gallery; [`fpm`] and [`fake_fcgi`] start a real
+//!   PHP-FPM and a misbehaving FastCGI responder (demo and tests).
 
 pub mod cause;
 pub mod cli;

@@ -375,7 +375,7 @@ pub fn load_str(text: &str, name: &str) -> Result<Config, ConfigError> {
 fn refine_location(text: &str, line: usize, msg: String) -> (usize, String) {
     let quoted = msg
         .split('"')
-        .nth(msg.matches('"').count().saturating_sub(1).min(3).max(1))
+        .nth(msg.matches('"').count().saturating_sub(1).clamp(1, 3))
         .filter(|q| !q.is_empty());
     let Some(value) = quoted else {
         return (line, msg);

@@ -26,7 +26,25 @@ use crate::config::{
     RewriteFlag, ScriptOp, Server, Template, TlsFiles, Upstream, UpstreamServer,
 };
 
+use crate::config::yaml;
+
 use super::Directive;
+
+/// `proxy_next_upstream` values nginx accepts.
+const NEXT_UPSTREAM: &[&str] = &[
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_403",
+    "http_404",
+    "http_429",
+    "non_idempotent",
+    "off",
+];
 
 /// Where relative paths (`root html;`, log files) are resolved: nginx's
 /// `--prefix` (Debian: `/usr/share/nginx`).
@@ -518,6 +536,16 @@ impl Cv {
         Template::parse_with(s, &|n| vars.contains(n)).map_err(|e| err(d, e))
     }
 
+    /// A template in a proxy_* directive: `set` variables plus the proxy
+    /// module's own (`$proxy_host`, `$proxy_port`,
+    /// `$proxy_add_x_forwarded_for`), resolved by the HTTP gateway as for
+    /// the YAML front end ([`yaml::parse_proxy_template`]).
+    fn px_tpl(&self, d: &Directive, s: &str) -> Result<Template, ConfigError> {
+        let vars = &self.user_vars;
+        Template::parse_with(s, &|n| vars.contains(n) || yaml::PROXY_VARS.contains(&n))
+            .map_err(|e| err(d, e))
+    }
+
     fn nargs(&self, d: &Directive, min: usize, max: usize) -> Result<(), ConfigError> {
         let n = d.args.len();
         if n < min || n > max {
@@ -645,7 +673,14 @@ impl Cv {
                 "server" => {
                     self.nargs(c, 1, 8)?;
                     let a = c.arg(0).unwrap_or("");
-                    let addr = Addr::parse(a).map_err(|e| err(c, e))?;
+                    // `server host;` / `server [::1];`: nginx's default port 80.
+                    let addr = match Addr::parse(a) {
+                        Err(_) if !a.is_empty() && (!a.contains(':') || a.ends_with(']')) => {
+                            Addr::parse(&format!("{a}:80"))
+                        }
+                        r => r,
+                    }
+                    .map_err(|e| err(c, e))?;
                     let mut s = UpstreamServer::new(addr);
                     let mut down = false;
                     for p in c.args.iter().skip(1).map(|a| a.value.as_str()) {
@@ -770,7 +805,7 @@ impl Cv {
             }
             "proxy_set_header" => {
                 self.nargs(d, 2, 2)?;
-                let v = self.tpl(d, d.arg(1).unwrap_or(""))?;
+                let v = self.px_tpl(d, d.arg(1).unwrap_or(""))?;
                 l.px_set_headers
                     .get_or_insert_with(Vec::new)
                     .push((a0().to_string(), v));
@@ -796,7 +831,7 @@ impl Cv {
             }
             "proxy_ssl_name" => {
                 self.nargs(d, 1, 1)?;
-                l.px_ssl_name = Some(self.tpl(d, a0())?);
+                l.px_ssl_name = Some(self.px_tpl(d, a0())?);
             }
             "proxy_ssl_protocols"
             | "proxy_ssl_ciphers"
@@ -816,7 +851,14 @@ impl Cv {
             }
             "proxy_next_upstream" => {
                 self.nargs(d, 1, 16)?;
-                l.px_next_upstream = Some(d.args.iter().map(|a| a.value.clone()).collect());
+                let conds: Vec<String> = d.args.iter().map(|a| a.value.clone()).collect();
+                if let Some(x) = conds.iter().find(|x| !NEXT_UPSTREAM.contains(&x.as_str())) {
+                    return Err(err(d, format!("has an invalid value \"{x}\"")));
+                }
+                if conds.len() > 1 && conds.iter().any(|x| x == "off") {
+                    return Err(err(d, "\"off\" cannot be combined with other values"));
+                }
+                l.px_next_upstream = Some(conds);
             }
             "proxy_intercept_errors" => l.px_intercept = Some(self.flag(d)?),
             "error_page" => {
@@ -1316,6 +1358,29 @@ impl Cv {
             ));
         }
         if let Some((up, tls, uri)) = own.proxy_pass {
+            if uri.is_some() && matches!(loc.matcher, Match::Regex { .. } | Match::Named(_)) {
+                return Err(err(
+                    d,
+                    "\"proxy_pass\" cannot have URI part in location given by regular \
+                     expression, or inside named location",
+                ));
+            }
+            // Retrying on the backend's own status (http_502...) is not
+            // implemented: with one server there is nothing to retry on, so
+            // nginx answers the same; with several it would not.
+            if let Some(x) = level.px_next_upstream.iter().flatten().find(|x| x.starts_with("http_")) {
+                if up.servers.len() > 1 {
+                    return Err(err(
+                        d,
+                        format!(
+                            "proxy_next_upstream {x} is not supported for upstream \"{}\" \
+                             with several servers (only error, timeout, invalid_header, \
+                             non_idempotent, off)",
+                            up.name
+                        ),
+                    ));
+                }
+            }
             let mut p = HttpProxy::new(up);
             p.tls = tls;
             p.uri = uri;
@@ -1392,6 +1457,11 @@ impl Cv {
         })
     }
 
+    /// `proxy_pass URL`, read as the YAML front end reads `proxy.pass`
+    /// ([`yaml::parse_proxy_pass`]): an `upstream {}` name, `host[:port]` or
+    /// `unix:/path`. An anonymous upstream keeps no idle connections
+    /// (nginx's default without `keepalive`) and is named as written, which
+    /// is what `$proxy_host` reports.
     fn proxy_pass(
         &self,
         d: &Directive,
@@ -1400,48 +1470,24 @@ impl Cv {
         if a.contains('$') {
             return Err(err(d, "with variables is not supported"));
         }
-        let (tls, rest) = if let Some(r) = a.strip_prefix("http://") {
-            (false, r)
-        } else if let Some(r) = a.strip_prefix("https://") {
-            (true, r)
-        } else {
-            return Err(err(d, format!("invalid URL prefix in \"{a}\"")));
-        };
-        let (host, uri) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(rest[i..].to_string())),
-            None => (rest, None),
-        };
-        if let Some(u) = self.upstreams.get(host) {
+        let (tls, auth, uri) = yaml::parse_proxy_pass(a).map_err(|e| err(d, e))?;
+        if let Some(u) = self.upstreams.get(&auth) {
             return Ok((u.clone(), tls, uri));
         }
-        let hostport = if host.starts_with("unix:") {
-            // proxy_pass http://unix:/path:/uri
-            let p = rest.strip_prefix("unix:").unwrap_or("");
-            let (path, uri) = match p.split_once(':') {
-                Some((p, u)) => (p, Some(u.to_string()).filter(|u| !u.is_empty())),
-                None => (p, None),
-            };
-            let addr = Addr::Unix(PathBuf::from(path));
-            return Ok((
-                Arc::new(Upstream {
-                    keepalive: 0,
-                    ..Upstream::single(addr)
-                }),
-                tls,
-                uri,
-            ));
-        } else if host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !host.ends_with(']')
-        {
-            host.to_string()
+        let has_port = auth.starts_with("unix:")
+            || auth
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                && !auth.ends_with(']');
+        let with_port = if has_port {
+            auth.clone()
         } else {
-            format!("{host}:{}", if tls { 443 } else { 80 })
+            format!("{auth}:{}", if tls { 443 } else { 80 })
         };
-        let addr = Addr::parse(&hostport).map_err(|e| err(d, e))?;
+        let addr = Addr::parse(&with_port).map_err(|e| err(d, e))?;
         Ok((
             Arc::new(Upstream {
+                name: auth,
                 keepalive: 0,
                 ..Upstream::single(addr)
             }),

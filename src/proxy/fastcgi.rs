@@ -643,7 +643,9 @@ impl Exchange<'_> {
         ctx: &mut ReqCtx,
         head: CgiHead,
     ) -> Option<Attempt> {
-        let mut h = match ResponseHeader::build(head.status, Some(head.headers.len() + 4)) {
+        // error_page without `=`: the original error status wins over the page's.
+        let status = ctx.error_status.unwrap_or(head.status);
+        let mut h = match ResponseHeader::build(status, Some(head.headers.len() + 4)) {
             Ok(h) => h,
             Err(_) => {
                 let f = Failure::new(
@@ -732,7 +734,8 @@ impl Exchange<'_> {
             }
         }
         let _ = h.insert_header(http::header::SERVER, "why502");
-        ctx.summary.status = head.status;
+        self.p.decorate_response(ctx, &mut h);
+        ctx.summary.status = status;
         if session
             .write_response_header(Box::new(h), false)
             .await

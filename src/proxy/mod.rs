@@ -126,6 +126,10 @@ pub struct ReqCtx {
     pub add_headers: Vec<(String, String, bool)>,
     /// The final location's `expires`.
     pub expires: Option<crate::config::Expires>,
+    /// Serving an `error_page` target that must answer with this status
+    /// (nginx `error_page 404 /x.php` without `=`): a FastCGI response's
+    /// status should be replaced by it.
+    pub error_status: Option<u16>,
 }
 
 /// Returned by handlers when the response must be aborted (header already sent).
@@ -692,6 +696,7 @@ impl Why502 {
                         Some(route::ErrorPageAction::Internal { target, status }) => {
                             st.error_page_used = true;
                             st.status_override = status;
+                            ctx.error_status = status;
                             ctx.as_get = true;
                             if target.starts_with('@') {
                                 match find_named(&server.locations, &target) {

@@ -38,7 +38,6 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 pub struct Proxy {
     child: Option<Child>,
     pub addr: String,
-    pub port: u16,
     pub error_log: PathBuf,
     pub events: PathBuf,
     pub stderr: PathBuf,
@@ -106,7 +105,6 @@ impl Proxy {
             let mut p = Proxy {
                 child: Some(child),
                 addr: format!("127.0.0.1:{port}"),
-                port,
                 error_log: error_log.clone(),
                 events: events.clone(),
                 stderr: stderr.clone(),
@@ -162,25 +160,6 @@ impl Proxy {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
-    }
-
-    /// Waits (bounded) for an error-log line containing every needle.
-    pub fn wait_log_line(&self, needles: &[&str], timeout: Duration) -> Option<String> {
-        wait_until(timeout, || {
-            self.error_log()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string)
-        })
-    }
-
-    /// Waits (bounded) for the event whose `cause` is `code`.
-    pub fn wait_event(&self, code: &str, timeout: Duration) -> Option<serde_json::Value> {
-        wait_until(timeout, || {
-            self.events()
-                .into_iter()
-                .find(|e| e["cause"].as_str() == Some(code))
-        })
     }
 
     pub fn get(&self, path: &str) -> HttpResponse {
