@@ -436,13 +436,10 @@ mod tests {
             assert!(seen.insert(code), "duplicate code {code}");
             let (phase, name) = code.split_once('.').expect("code has a dot");
             assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-            assert!(
-                [
-                    "connect", "tls", "send", "header", "framing", "body", "app", "client",
-                    "proxy"
-                ]
-                    .contains(&phase)
-            );
+            assert!([
+                "connect", "tls", "send", "header", "framing", "body", "app", "client", "proxy"
+            ]
+            .contains(&phase));
             assert_eq!(Cause::from_code(code), Some(*c));
         }
     }

@@ -8,9 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cause::Cause;
 use crate::config::units::{parse_duration, parse_size};
-use crate::config::{
-    self, Addr, Config, FastCgi, Listen, Location, Match, Param, Server, Template, Upstream,
-};
+use crate::config::{self, Addr, Config, FastCgi, Listen, Server, Upstream};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -130,15 +128,7 @@ pub fn quick_config(q: &Quick) -> Result<Config, String> {
     let root =
         std::fs::canonicalize(&root).map_err(|e| format!("--root {}: {e}", root.display()))?;
 
-    let mut fc = FastCgi::new(Arc::new(Upstream::single(up)));
-    fc.params = config::default_params();
-    fc.params.push(Param {
-        name: "PATH_INFO".into(),
-        value: Template::parse("$fastcgi_path_info").map_err(|e| e.to_string())?,
-        if_not_empty: false,
-    });
-    fc.split_path_info = regex::Regex::new(r"^(.+?\.php)(/.*)$").ok();
-    fc.index = Some("index.php".into());
+    let mut fc = FastCgi::php(Arc::new(Upstream::single(up)));
     if let Some(t) = &q.connect_timeout {
         fc.connect_timeout = parse_duration(t).map_err(|e| flag_err("connect-timeout", e))?;
     }
@@ -157,21 +147,6 @@ pub fn quick_config(q: &Quick) -> Result<Config, String> {
         file: "<command line>".into(),
         line: 0,
     };
-    let mut front = Location::new(Match::Prefix("/".into()), origin.clone());
-    front.try_files = Some(
-        ["$uri", "$uri/", "/index.php?$args"]
-            .iter()
-            .map(|s| Template::parse(s))
-            .collect::<Result<_, _>>()?,
-    );
-    let mut php = Location::new(
-        Match::Regex {
-            re: regex::Regex::new(r"\.php(/|$)").map_err(|e| e.to_string())?,
-            case_insensitive: false,
-        },
-        origin.clone(),
-    );
-    php.fastcgi = Some(Arc::new(fc));
     Ok(Config {
         source: "<command line>".into(),
         servers: vec![Server {
@@ -184,7 +159,7 @@ pub fn quick_config(q: &Quick) -> Result<Config, String> {
             names: Vec::new(),
             root,
             index: vec!["index.php".into(), "index.html".into()],
-            locations: vec![front, php],
+            locations: config::php_site_locations(fc, &origin),
             client_max_body_size: 1 << 20,
             client_body_timeout: std::time::Duration::from_secs(60),
             origin,

@@ -4,7 +4,7 @@
 # Pingora's build), curl, wrk and h2load (load tools), openssl, chromium (the
 # gallery's browser test). Run as root (or with sudo). Safe to run again.
 set -euo pipefail
-pkgs=(php-fpm php-cli nginx-light cmake curl wrk nghttp2-client openssl chromium util-linux procps)
+pkgs=(php-fpm php-cli nginx-light cmake curl wrk nghttp2-client openssl chromium util-linux procps iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -435,6 +435,51 @@ impl FastCgi {
     }
 }
 
+impl FastCgi {
+    /// A PHP-FPM pass as Debian's `snippets/fastcgi-php.conf` sets it up:
+    /// `fastcgi.conf`'s params plus PATH_INFO, `fastcgi_split_path_info
+    /// ^(.+?\.php)(/.*)$`, `fastcgi_index index.php`.
+    pub fn php(upstream: Arc<Upstream>) -> FastCgi {
+        let mut fc = FastCgi::new(upstream);
+        fc.params = default_params();
+        fc.params.push(Param {
+            name: "PATH_INFO".into(),
+            value: Template {
+                pieces: vec![template::Piece::Var(Var::FastcgiPathInfo)],
+            },
+            if_not_empty: false,
+        });
+        fc.split_path_info = regex::Regex::new(r"^(.+?\.php)(/.*)$").ok();
+        fc.index = Some("index.php".into());
+        fc
+    }
+}
+
+/// The standard PHP site's locations: `location / { try_files $uri $uri/
+/// /index.php?$args; }` and `location ~ \.php(/|$) { fastcgi_pass ...; }`.
+pub fn php_site_locations(fc: FastCgi, origin: &Origin) -> Vec<Location> {
+    let mut front = Location::new(Match::Prefix("/".into()), origin.clone());
+    front.try_files = Some(
+        ["$uri", "$uri/", "/index.php?$args"]
+            .iter()
+            .map(|s| Template::parse(s).unwrap_or_else(|_| Template::literal(s)))
+            .collect(),
+    );
+    let mut locations = vec![front];
+    if let Ok(re) = regex::Regex::new(r"\.php(/|$)") {
+        let mut php = Location::new(
+            Match::Regex {
+                re,
+                case_insensitive: false,
+            },
+            origin.clone(),
+        );
+        php.fastcgi = Some(Arc::new(fc));
+        locations.push(php);
+    }
+    locations
+}
+
 /// An upstream address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Addr {

@@ -627,8 +627,8 @@ fn convert_location(
         let upstream = match upstreams.get(&auth) {
             Some(u) => u.clone(),
             None => {
-                let has_port = auth.starts_with("unix:")
-                    || (auth.contains(':') && !auth.ends_with(']'));
+                let has_port =
+                    auth.starts_with("unix:") || (auth.contains(':') && !auth.ends_with(']'));
                 let with_port = if has_port {
                     auth.clone()
                 } else {
@@ -645,8 +645,8 @@ fn convert_location(
         hp.tls = tls;
         hp.uri = uri;
         for (k, v) in p.set_headers {
-            let t = parse_proxy_template(&v)
-                .map_err(|e| bad(format!("proxy.set_headers.{k}: {e}")))?;
+            let t =
+                parse_proxy_template(&v).map_err(|e| bad(format!("proxy.set_headers.{k}: {e}")))?;
             hp.set_headers.push((k, t));
         }
         if let Some(t) = p.connect_timeout {
@@ -719,7 +719,10 @@ mod tests {
         assert_eq!(p.set_headers.len(), 2);
         let b = c.servers[0].locations[1].proxy.clone().expect("proxy");
         assert!(b.tls);
-        assert_eq!(b.upstream.servers[0].addr, Addr::Tcp("example.com:443".into()));
+        assert_eq!(
+            b.upstream.servers[0].addr,
+            Addr::Tcp("example.com:443".into())
+        );
         let e = load_str(&text.replace("1.1", "2"), "t.yaml").expect_err("bad version");
         assert!(e.to_string().contains("http_version"), "{e}");
     }

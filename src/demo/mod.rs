@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, Addr, Config, FastCgi, Listen, Location, Match, Param, Return, Server, Template, Upstream};
+use crate::config::{
+    self, Addr, Config, FastCgi, Listen, Location, Match, Return, Server, Template, Upstream,
+};
 use crate::fake_fcgi::FakeFcgi;
 use crate::fpm::{self, Fpm, PoolSpec};
 
@@ -42,25 +44,28 @@ pub fn write_www(www: &Path) -> std::io::Result<()> {
     for (name, text) in WWW {
         std::fs::write(www.join(name), text)?;
     }
-    std::fs::write(www.join("uploads/avatar.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg")?;
+    std::fs::write(
+        www.join("uploads/avatar.jpg"),
+        b"\xff\xd8\xff\xe0 not really a jpeg",
+    )?;
     std::fs::write(www.join("style.txt"), b"a static file\n")?;
     Ok(())
 }
 
 fn fcgi(addr: Addr) -> FastCgi {
-    let mut fc = FastCgi::new(Arc::new(Upstream::single(addr)));
-    fc.params = config::default_params();
-    if let Ok(t) = Template::parse("$fastcgi_path_info") {
-        fc.params.push(Param { name: "PATH_INFO".into(), value: t, if_not_empty: false });
-    }
-    fc.split_path_info = regex::Regex::new(r"^(.+?\.php)(/.*)$").ok();
-    fc.index = Some("index.php".into());
+    let mut fc = FastCgi::php(Arc::new(Upstream::single(addr)));
     fc.read_timeout = Duration::from_secs(5);
     fc
 }
 
 fn exact(path: &str, fc: FastCgi) -> Location {
-    let mut l = Location::new(Match::Exact(path.into()), config::Origin { file: "<demo>".into(), line: 0 });
+    let mut l = Location::new(
+        Match::Exact(path.into()),
+        config::Origin {
+            file: "<demo>".into(),
+            line: 0,
+        },
+    );
     l.fastcgi = Some(Arc::new(fc));
     l
 }
@@ -79,19 +84,11 @@ pub struct Upstreams {
 /// The gallery's configuration.
 pub fn config(listen: &str, www: &Path, u: &Upstreams) -> Result<Config, String> {
     let addr = config::yaml::parse_listen_addr(listen)?;
-    let origin = config::Origin { file: "<demo>".into(), line: 0 };
-    let mut front = Location::new(Match::Prefix("/".into()), origin.clone());
-    front.try_files = Some(
-        ["$uri", "$uri/", "/index.php?$args"]
-            .iter()
-            .map(|s| Template::parse(s))
-            .collect::<Result<_, _>>()?,
-    );
-    let mut php = Location::new(
-        Match::Regex { re: regex::Regex::new(r"\.php(/|$)").map_err(|e| e.to_string())?, case_insensitive: false },
-        origin.clone(),
-    );
-    php.fastcgi = Some(Arc::new(fcgi(Addr::Unix(u.www.clone()))));
+    let origin = config::Origin {
+        file: "<demo>".into(),
+        line: 0,
+    };
+    let mut site = config::php_site_locations(fcgi(Addr::Unix(u.www.clone())), &origin);
     let mut fake = Location::new(Match::PrefixNoRegex("/fake/".into()), origin.clone());
     let mut fake_fc = fcgi(Addr::Tcp(u.fake.clone()));
     fake_fc.read_timeout = Duration::from_secs(3);
@@ -100,7 +97,10 @@ pub fn config(listen: &str, www: &Path, u: &Upstreams) -> Result<Config, String>
 
     let mut timeout_fc = fcgi(Addr::Tcp(u.blackhole.clone()));
     timeout_fc.connect_timeout = Duration::from_secs(2);
-    let mut permission = Location::new(Match::Exact("/connect/permission-denied".into()), origin.clone());
+    let mut permission = Location::new(
+        Match::Exact("/connect/permission-denied".into()),
+        origin.clone(),
+    );
     permission.ret = Some(Return {
         code: 501,
         text: Some(Template::literal(
@@ -109,21 +109,31 @@ pub fn config(listen: &str, www: &Path, u: &Upstreams) -> Result<Config, String>
              tests/it/connect.rs runs why502 as nobody to trigger it for real.\n",
         )),
     });
-    let locations = vec![
-        front,
-        exact("/connect/socket-missing", fcgi(Addr::Unix(u.missing.clone()))),
+    let php = site.pop();
+    let mut locations = site;
+    locations.extend([
+        exact(
+            "/connect/socket-missing",
+            fcgi(Addr::Unix(u.missing.clone())),
+        ),
         exact("/connect/stale-socket", fcgi(Addr::Unix(u.stale.clone()))),
         exact("/connect/refused", fcgi(Addr::Tcp(u.refused.clone()))),
         exact("/connect/backlog-full", fcgi(Addr::Unix(u.tiny.clone()))),
         exact("/connect/timeout", timeout_fc),
         permission,
         fake,
-        php,
-    ];
+    ]);
+    // The .php regex goes last: nginx checks regexes in order, after prefixes.
+    locations.extend(php);
     Ok(Config {
         source: "<demo>".into(),
         servers: vec![Server {
-            listen: vec![Listen { addr, default_server: true, tls: None, http2: false }],
+            listen: vec![Listen {
+                addr,
+                default_server: true,
+                tls: None,
+                http2: false,
+            }],
             names: Vec::new(),
             root: www.to_path_buf(),
             index: vec!["index.php".into()],
@@ -149,7 +159,10 @@ fn blackhole() -> std::io::Result<(String, Vec<std::net::TcpStream>, socket2::So
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     s.listen(0)?;
-    let addr = s.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("no addr"))?;
+    let addr = s
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("no addr"))?;
     let mut held = Vec::new();
     for _ in 0..4 {
         match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
@@ -164,7 +177,10 @@ fn blackhole() -> std::io::Result<(String, Vec<std::net::TcpStream>, socket2::So
 /// full (uses fastcgi-client: an independent FastCGI client is fine here).
 fn saturate(sock: PathBuf, www: PathBuf) {
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         rt.block_on(async move {
@@ -184,7 +200,10 @@ fn saturate(sock: PathBuf, www: PathBuf) {
                                 .query_string("s=600")
                                 .request_uri("/sleep.php?s=600");
                             let _ = client
-                                .execute_once(fastcgi_client::Request::new_tokio(params, tokio::io::empty()))
+                                .execute_once(fastcgi_client::Request::new_tokio(
+                                    params,
+                                    tokio::io::empty(),
+                                ))
                                 .await;
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -210,16 +229,23 @@ pub fn run(listen: &str, dir: Option<PathBuf>) -> Result<(), String> {
     write_www(&www).map_err(|e| format!("writing the gallery to {}: {e}", www.display()))?;
 
     let mut main_pool = PoolSpec::new("www", fpm::Listen::Unix(dir.join("php8.2-fpm.sock")));
-    main_pool.admin_values = vec![("memory_limit".into(), "32M".into()), ("max_execution_time".into(), "2".into())];
+    main_pool.admin_values = vec![
+        ("memory_limit".into(), "32M".into()),
+        ("max_execution_time".into(), "2".into()),
+    ];
     let mut tiny = PoolSpec::new("tiny", fpm::Listen::Unix(dir.join("tiny.sock")));
     tiny.max_children = 1;
     tiny.listen_backlog = 0;
-    let fpm = Fpm::start(&dir, vec![main_pool, tiny]).map_err(|e| format!("starting PHP-FPM: {e}"))?;
+    let fpm =
+        Fpm::start(&dir, vec![main_pool, tiny]).map_err(|e| format!("starting PHP-FPM: {e}"))?;
 
     // A stale socket: bound, then closed, so the file stays with nobody listening.
     let stale = dir.join("stale.sock");
     let _ = std::fs::remove_file(&stale);
-    drop(std::os::unix::net::UnixListener::bind(&stale).map_err(|e| format!("{}: {e}", stale.display()))?);
+    drop(
+        std::os::unix::net::UnixListener::bind(&stale)
+            .map_err(|e| format!("{}: {e}", stale.display()))?,
+    );
     let refused = {
         let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         l.local_addr().map_err(|e| e.to_string())?.to_string()
@@ -236,8 +262,14 @@ pub fn run(listen: &str, dir: Option<PathBuf>) -> Result<(), String> {
         .map_err(|e| format!("fake FastCGI responder: {e}"))?;
 
     let u = Upstreams {
-        www: fpm.listen_of("www").map(listen_path).ok_or("www pool has no unix socket")?,
-        tiny: fpm.listen_of("tiny").map(listen_path).ok_or("tiny pool has no unix socket")?,
+        www: fpm
+            .listen_of("www")
+            .map(listen_path)
+            .ok_or("www pool has no unix socket")?,
+        tiny: fpm
+            .listen_of("tiny")
+            .map(listen_path)
+            .ok_or("tiny pool has no unix socket")?,
         missing: dir.join("php7.4-fpm.sock"),
         stale,
         refused,

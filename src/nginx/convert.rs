@@ -255,7 +255,6 @@ const HARMLESS: &[&str] = &[
     "proxy_next_upstream_tries",
     "proxy_next_upstream_timeout",
     "proxy_socket_keepalive",
-    "proxy_redirect",
     "rewrite_log",
     "uninitialized_variable_warn",
     "msie_padding",
@@ -861,6 +860,19 @@ impl Cv {
                 l.px_next_upstream = Some(conds);
             }
             "proxy_intercept_errors" => l.px_intercept = Some(self.flag(d)?),
+            "proxy_redirect" => {
+                // The HTTP gateway always rewrites the backend's Location
+                // like nginx's default; nothing else can be expressed yet.
+                self.nargs(d, 1, 2)?;
+                match (a0(), d.args.len()) {
+                    ("default", 1) => {}
+                    ("off", 1) => self.warn(
+                        d,
+                        "why502 rewrites the backend's Location as with \"proxy_redirect default\"",
+                    ),
+                    _ => return Err(err(d, "is only supported as \"proxy_redirect default\"")),
+                }
+            }
             "error_page" => {
                 self.nargs(d, 2, 64)?;
                 let n = d.args.len();
@@ -1368,7 +1380,12 @@ impl Cv {
             // Retrying on the backend's own status (http_502...) is not
             // implemented: with one server there is nothing to retry on, so
             // nginx answers the same; with several it would not.
-            if let Some(x) = level.px_next_upstream.iter().flatten().find(|x| x.starts_with("http_")) {
+            if let Some(x) = level
+                .px_next_upstream
+                .iter()
+                .flatten()
+                .find(|x| x.starts_with("http_"))
+            {
                 if up.servers.len() > 1 {
                     return Err(err(
                         d,
@@ -1391,6 +1408,19 @@ impl Cv {
             p.buffer_size = level.px_buffer_size.unwrap_or(p.buffer_size);
             if let Some(v) = &level.px_http_version {
                 p.http_version = v.clone();
+            }
+            // nginx sends `Connection: close` unless proxy_set_header says
+            // otherwise, even to a keepalive upstream with HTTP/1.1; the
+            // gateway drops the header for those, so say it explicitly.
+            if p.http_version == "1.1"
+                && p.upstream.keepalive > 0
+                && !p
+                    .set_headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+            {
+                p.set_headers
+                    .push(("Connection".into(), Template::literal("close")));
             }
             p.ssl_verify = level.px_ssl_verify.unwrap_or(false);
             p.ssl_trusted_certificate = level.px_ssl_trusted.clone();

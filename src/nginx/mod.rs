@@ -21,11 +21,11 @@
 //!   literal and variable pieces the way nginx's script compiler does.
 
 pub mod convert;
+#[cfg(test)]
+mod convert_tests;
 pub mod emit;
 mod lexer;
 mod parse;
-#[cfg(test)]
-mod convert_tests;
 #[cfg(test)]
 mod tests;
 

@@ -535,7 +535,9 @@ impl Exchange<'_> {
                 } else {
                     match parser.finish() {
                         Err(e) => return Some(self.fail(ctx, cgi_failure(&e), false)),
-                        Ok(Some((head, rest))) => return self.head_and_rest(session, ctx, head, rest).await,
+                        Ok(Some((head, rest))) => {
+                            return self.head_and_rest(session, ctx, head, rest).await
+                        }
                         Ok(None) => {}
                     }
                     let f = Failure::new(
@@ -564,7 +566,9 @@ impl Exchange<'_> {
                     ProtocolStatus::UnknownRole => (Cause::FramingUnknownRole, "UNKNOWN_ROLE"),
                     _ => match parser.finish() {
                         Err(e) => return Some(self.fail(ctx, cgi_failure(&e), false)),
-                        Ok(Some((head, rest))) => return self.head_and_rest(session, ctx, head, rest).await,
+                        Ok(Some((head, rest))) => {
+                            return self.head_and_rest(session, ctx, head, rest).await
+                        }
                         Ok(None) => (Cause::FramingEndBeforeHeaders, "REQUEST_COMPLETE"),
                     },
                 };
@@ -578,7 +582,13 @@ impl Exchange<'_> {
         }
     }
 
-    async fn head_and_rest(&mut self, session: &mut Session, ctx: &mut ReqCtx, head: CgiHead, rest: Bytes) -> Option<Attempt> {
+    async fn head_and_rest(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        head: CgiHead,
+        rest: Bytes,
+    ) -> Option<Attempt> {
         if let Some(a) = self.send_head(session, ctx, head).await {
             return Some(a);
         }

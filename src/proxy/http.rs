@@ -98,6 +98,9 @@ pub struct HttpState {
     headers: Vec<(String, String)>,
     /// Name verified against the certificate (and sent as SNI if enabled).
     ssl_name: String,
+    /// `proxy_redirect default`: a `Location` starting with the pattern gets
+    /// the replacement, made absolute (`absolute_redirect on`).
+    redirect: Option<(String, String)>,
     tried: Vec<usize>,
     current: Option<usize>,
     peer_addr: Option<SocketAddr>,
@@ -173,12 +176,8 @@ fn upstream_uri(
         None => p,
     };
     if let Some(base) = &hp.uri {
-        let prefix = match &loc.matcher {
-            Match::Exact(p) | Match::Prefix(p) | Match::PrefixNoRegex(p) => Some(p.as_str()),
-            _ => None,
-        };
-        return match prefix.and_then(|p| uri.strip_prefix(p)) {
-            Some(rest) => with_args(format!("{base}{rest}")),
+        return match location_prefix(loc).and_then(|p| uri.strip_prefix(p)) {
+            Some(rest) => with_args(format!("{base}{}", escape_uri(rest))),
             None => with_args(base.clone()),
         };
     }
@@ -190,7 +189,47 @@ fn upstream_uri(
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
     }
-    with_args(uri.to_string())
+    with_args(escape_uri(uri))
+}
+
+/// The prefix a prefix or exact location matched (what a proxy_pass URI
+/// replaces).
+fn location_prefix(loc: &Location) -> Option<&str> {
+    match &loc.matcher {
+        Match::Exact(p) | Match::Prefix(p) | Match::PrefixNoRegex(p) => Some(p.as_str()),
+        _ => None,
+    }
+}
+
+/// Escapes a decoded URI path as nginx does before sending it upstream
+/// (`ngx_escape_uri(NGX_ESCAPE_URI)`): control characters, space, `#`, `%`,
+/// `?` and bytes >= 0x7f.
+fn escape_uri(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b <= 0x20 || b >= 0x7f || matches!(b, b'#' | b'%' | b'?') {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+/// nginx's `proxy_redirect default`: `(pattern, replacement)` for the
+/// backend's `Location` — the proxy_pass URL (plus `/` without a URI part)
+/// becomes the location prefix (`/`). None where nginx has no default
+/// (unix sockets, a URI part in a regex location).
+fn default_redirect(hp: &HttpProxy, loc: &Location) -> Option<(String, String)> {
+    let name = &hp.upstream.name;
+    if name.starts_with("unix:") {
+        return None;
+    }
+    let scheme = if hp.tls { "https" } else { "http" };
+    match &hp.uri {
+        Some(u) => Some((format!("{scheme}://{name}{u}"), location_prefix(loc)?.to_string())),
+        None => Some((format!("{scheme}://{name}/"), "/".to_string())),
+    }
 }
 
 /// Sets up the request for Pingora: called from `handle()` for a location
@@ -243,8 +282,26 @@ pub fn prepare(
         Some(t) => t.eval(&pv),
         None => host_only(&proxy_host).to_string(),
     };
+    let redirect = default_redirect(hp, loc).map(|(pattern, to)| {
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| host_only(h).trim_end_matches('.').to_ascii_lowercase())
+            .map(|h| if h.contains(':') { format!("[{h}]") } else { h });
+        let https = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        (
+            pattern,
+            super::route::absolute_location(&to, https, host.as_deref(), local),
+        )
+    });
     let st = HttpState {
         uri: upstream_uri(hp, loc, uri, args, req),
+        redirect,
         hp: hp.clone(),
         up,
         proxy_host,
@@ -961,7 +1018,36 @@ pub fn request_filter(ctx: &mut ReqCtx, req: &mut RequestHeader) -> Result<()> {
             let _ = req.insert_header(name.clone(), value.as_str());
         }
     }
+    nginx_header_order(req, &hp.set_headers);
     Ok(())
+}
+
+/// Puts the headers in nginx's order: the `proxy_set_header` ones as
+/// configured, then nginx's own defaults (Host, Connection, Content-Length,
+/// Transfer-Encoding) not configured, then the client's in their order.
+fn nginx_header_order(req: &mut RequestHeader, set: &[(String, crate::config::Template)]) {
+    let mut front: Vec<String> = set.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    for d in ["host", "connection", "content-length", "transfer-encoding"] {
+        if !front.iter().any(|f| f == d) {
+            front.push(d.to_string());
+        }
+    }
+    let all: Vec<(String, http::HeaderValue)> = req
+        .case_header_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k.as_slice()).into_owned(), v.clone()))
+        .collect();
+    let is_front = |k: &str| front.iter().any(|f| k.eq_ignore_ascii_case(f));
+    let mut ordered: Vec<(String, http::HeaderValue)> = Vec::with_capacity(all.len());
+    for f in &front {
+        ordered.extend(all.iter().filter(|(k, _)| k.eq_ignore_ascii_case(f)).cloned());
+    }
+    ordered.extend(all.iter().filter(|(k, _)| !is_front(k)).cloned());
+    for (k, _) in &all {
+        req.remove_header(k.as_str());
+    }
+    for (k, v) in ordered {
+        let _ = req.append_header(k, v);
+    }
 }
 
 /// Splits the tapped bytes into the final (non-1xx) header section.
@@ -1083,8 +1169,7 @@ pub fn response_filter(ctx: &mut ReqCtx, resp: &mut ResponseHeader) -> Result<()
         .keys()
         .map(|k| k.as_str().to_string())
         .filter(|k| {
-            k.starts_with("x-accel-")
-                || k == "x-pad"
+            HIDDEN_BY_DEFAULT.contains(&k.as_str())
                 || st.hp.hide_headers.iter().any(|h| h.eq_ignore_ascii_case(k))
         })
         .filter(|k| !st.hp.pass_headers.iter().any(|h| h.eq_ignore_ascii_case(k)))
@@ -1092,9 +1177,31 @@ pub fn response_filter(ctx: &mut ReqCtx, resp: &mut ResponseHeader) -> Result<()
     for k in hide {
         resp.remove_header(k.as_str());
     }
+    if let Some((pattern, to)) = &st.redirect {
+        let rewritten = resp
+            .headers
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.strip_prefix(pattern.as_str()))
+            .map(|rest| format!("{to}{rest}"));
+        if let Some(l) = rewritten {
+            let _ = resp.insert_header(http::header::LOCATION, l);
+        }
+    }
     let _ = resp.insert_header(http::header::SERVER, "why502");
     Ok(())
 }
+
+/// Response headers nginx does not pass on unless `proxy_pass_header` says
+/// so (Date and Server are replaced by the proxy's own).
+const HIDDEN_BY_DEFAULT: &[&str] = &[
+    "x-pad",
+    "x-accel-expires",
+    "x-accel-redirect",
+    "x-accel-limit-rate",
+    "x-accel-buffering",
+    "x-accel-charset",
+];
 
 /// Pingora's `upstream_response_body_filter`: counts bytes, and marks the
 /// response complete (the connection may go back to the pool).
