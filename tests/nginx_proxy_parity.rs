@@ -242,7 +242,13 @@ fn serve(c: TcpStream, port: u16) {
         }
         echo.push('\n');
         echo.push_str(&String::from_utf8_lossy(&req.body));
-        let (status, extra, body) = if path.contains("/status/404") {
+        let (status, extra, body) = if path.contains("/bighead") {
+            (
+                "200 OK",
+                format!("X-Big: {}\r\n", "b".repeat(2000)),
+                "big header\n".to_string(),
+            )
+        } else if path.contains("/status/404") {
             ("404 Not Found", String::new(), "backend 404\n".to_string())
         } else if path.contains("/status/500") {
             (
@@ -277,7 +283,8 @@ fn serve(c: TcpStream, port: u16) {
         let head = format!(
             "HTTP/1.1 {status}\r\nServer: echo\r\nContent-Type: {content_type}\r\n\
              Content-Length: {}\r\nX-Backend: echo\r\nX-Secret: s3cret\r\n\
-             X-Accel-Test: internal\r\n{extra}{}\r\n",
+             X-Accel-Test: internal\r\nX-Accel-Buffering: no\r\nX-Pad: avoid browser bug\r\n\
+             {extra}{}\r\n",
             body.len(),
             if keep { "" } else { "Connection: close\r\n" },
         );
@@ -402,6 +409,8 @@ fn view(r: &Resp, ports: &[u16]) -> BTreeMap<String, String> {
         "X-Backend",
         "X-Secret",
         "X-Accel-Test",
+        "X-Accel-Buffering",
+        "X-Pad",
         "Content-Length",
     ] {
         if let Some(v) = r.header(h) {
@@ -531,7 +540,7 @@ http {
         location /hide/ {
             proxy_pass http://127.0.0.1:@B@;
             proxy_hide_header X-Secret;
-            proxy_pass_header X-Accel-Test;
+            proxy_pass_header X-Accel-Buffering;
         }
         location ~ ^/re/(.*)$ {
             proxy_pass http://127.0.0.1:@B@;
@@ -549,6 +558,17 @@ http {
         location /two/ {
             proxy_pass http://two;
             proxy_connect_timeout 2s;
+        }
+        location /smallbuf/ {
+            proxy_pass http://127.0.0.1:@B@;
+            proxy_buffer_size 1k;
+        }
+        location /rw/ {
+            rewrite ^/rw/(.*)$ /prefix/$1 last;
+        }
+        location /rb/ {
+            rewrite ^/rb/(.*)$ /new/$1 break;
+            proxy_pass http://127.0.0.1:@B@;
         }
         location /tuned/ {
             proxy_pass http://127.0.0.1:@B@/t/;
@@ -628,6 +648,8 @@ fn nginx_and_why502_proxy_alike() {
         get("uri rewriting: dot segments", "/prefix/x/../y"),
         get("uri rewriting: exact location", "/exact?a=b"),
         get("regex location keeps uri", "/re/thing?x=1"),
+        get("rewrite last into a proxy_pass uri", "/rw/a%20b?q=%20"),
+        get("rewrite break, no uri part", "/rb/a%20b/c?q=1"),
         get("nginx default headers", "/hdr/x"),
         case(
             "x-forwarded-for appended",
@@ -680,6 +702,8 @@ fn nginx_and_why502_proxy_alike() {
         get("dead backend", "/dead/x"),
         get("upstream with every server dead", "/alldead/x"),
         get("read timeout", "/slow/x"),
+        get("header bigger than proxy_buffer_size", "/smallbuf/bighead"),
+        get("header within proxy_buffer_size", "/bighead"),
         get("next upstream after a dead server", "/two/a"),
         get("next upstream again", "/two/b"),
         case(
@@ -692,9 +716,24 @@ fn nginx_and_why502_proxy_alike() {
     for c in cases.iter_mut() {
         if matches!(
             c.name,
-            "dead backend" | "upstream with every server dead" | "read timeout"
+            "dead backend"
+                | "upstream with every server dead"
+                | "read timeout"
+                | "header bigger than proxy_buffer_size"
         ) {
-            c.allow.extend(["header Content-Type", "header Content-Length"]);
+            c.allow
+                .extend(["header Content-Type", "header Content-Length"]);
+        }
+        // nginx buffers a chunked request body and sends it with
+        // Content-Length; why502 streams it chunked (the body is the same).
+        if c.name == "post chunked body" {
+            c.allow.extend([
+                "header Content-Length",
+                "upstream header content-length",
+                "upstream header transfer-encoding",
+                "upstream header names",
+                "upstream header order",
+            ]);
         }
     }
 
@@ -736,6 +775,7 @@ fn nginx_and_why502_proxy_alike() {
         ("/dead/x", "connect.refused"),
         ("/slow/x", "timeout"),
         ("/alldead/x", "connect.refused"),
+        ("/smallbuf/bighead", "header.too_big"),
     ] {
         let r = send(wport, &get("", path).raw);
         assert!(
@@ -752,4 +792,129 @@ fn nginx_and_why502_proxy_alike() {
         failures.join("\n"),
         std::fs::read_to_string(&wlog).unwrap_or_default()
     );
+}
+
+// ---- conversion ---------------------------------------------------------
+
+fn convert(text: &str) -> Result<why502::config::Config, why502::config::ConfigError> {
+    let ds = why502::nginx::parse_str(text, Path::new("/test/nginx.conf"), Path::new("/test"))
+        .map_err(|e| why502::config::ConfigError::new(Default::default(), e.to_string()))?;
+    why502::nginx::convert::convert(&ds, "/test/nginx.conf", Path::new("/usr/share/nginx"))
+}
+
+fn site(locations: &str) -> String {
+    format!(
+        "upstream pool {{ server 127.0.0.1:9001; server app2; keepalive 8; }}\n\
+         upstream one {{ server 127.0.0.1:9001; }}\n\
+         server {{ listen 8080; {locations} }}\n"
+    )
+}
+
+/// The proxy_* directives become what the HTTP gateway expects (the same
+/// as the YAML `proxy:` key).
+#[test]
+fn proxy_directives_convert_for_the_gateway() {
+    let c = convert(&site(
+        "location / { proxy_pass http://127.0.0.1:9000; \
+           proxy_set_header Host $proxy_host; \
+           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+           proxy_set_header X-Port $proxy_port; \
+           proxy_http_version 1.1; proxy_connect_timeout 2s; proxy_send_timeout 3s; \
+           proxy_read_timeout 4s; proxy_buffer_size 16k; proxy_hide_header X-A; \
+           proxy_pass_header X-Accel-Buffering; proxy_next_upstream error timeout http_502; \
+           proxy_intercept_errors on; proxy_redirect default; } \
+         location /p/ { proxy_pass http://pool/x/; proxy_http_version 1.1; } \
+         location /c/ { proxy_pass http://pool; proxy_http_version 1.1; \
+           proxy_set_header Connection \"\"; } \
+         location /one/ { proxy_pass http://one; } \
+         location /s/ { proxy_pass https://api.example:8443/v1/; proxy_ssl_verify on; \
+           proxy_ssl_trusted_certificate /etc/ca.pem; proxy_ssl_name $proxy_host; \
+           proxy_ssl_server_name on; } \
+         location /h/ { proxy_pass http://backend.internal; }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let locs = &c.servers[0].locations;
+    let p = locs[0].proxy.clone().expect("proxy");
+    // An anonymous upstream: no idle connections (Connection: close), named
+    // as written ($proxy_host).
+    assert_eq!(p.upstream.keepalive, 0);
+    assert_eq!(p.upstream.name, "127.0.0.1:9000");
+    assert_eq!(p.http_version, "1.1");
+    assert_eq!(p.set_headers.len(), 3, "{:?}", p.set_headers);
+    assert_eq!(p.connect_timeout, Duration::from_secs(2));
+    assert_eq!(p.send_timeout, Duration::from_secs(3));
+    assert_eq!(p.read_timeout, Duration::from_secs(4));
+    assert_eq!(p.buffer_size, 16384);
+    assert_eq!(p.hide_headers, ["X-A"]);
+    assert_eq!(p.pass_headers, ["X-Accel-Buffering"]);
+    assert_eq!(p.next_upstream, ["error", "timeout", "http_502"]);
+    assert!(p.intercept_errors);
+    assert!(!p.tls && p.uri.is_none());
+
+    // A keepalive upstream with HTTP/1.1 but Connection not cleared: nginx
+    // still sends `Connection: close` (after its default Host).
+    let p = locs[1].proxy.clone().expect("proxy");
+    assert_eq!(p.upstream.keepalive, 8);
+    assert_eq!(p.upstream.name, "pool");
+    assert_eq!(p.uri.as_deref(), Some("/x/"));
+    let names: Vec<&str> = p.set_headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["Host", "Connection"]);
+    // `server app2;` is port 80, like nginx.
+    assert_eq!(p.upstream.servers[1].addr.to_string(), "app2:80");
+    // Cleared: the gateway keeps the connection.
+    let p = locs[2].proxy.clone().expect("proxy");
+    let names: Vec<&str> = p.set_headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["Connection"]);
+    // An upstream block without keepalive.
+    assert_eq!(locs[3].proxy.clone().expect("proxy").upstream.keepalive, 0);
+    let p = locs[4].proxy.clone().expect("proxy");
+    assert!(p.tls && p.ssl_verify && p.ssl_server_name);
+    assert_eq!(p.upstream.name, "api.example:8443");
+    assert_eq!(p.upstream.servers[0].addr.to_string(), "api.example:8443");
+    assert_eq!(p.uri.as_deref(), Some("/v1/"));
+    assert_eq!(
+        p.ssl_trusted_certificate.as_deref(),
+        Some(Path::new("/etc/ca.pem"))
+    );
+    assert!(p.ssl_name.is_some());
+    let p = locs[5].proxy.clone().expect("proxy");
+    assert_eq!(p.upstream.name, "backend.internal");
+    assert_eq!(
+        p.upstream.servers[0].addr.to_string(),
+        "backend.internal:80"
+    );
+
+    // What would make why502 answer differently is refused with file:line.
+    for (conf, want) in [
+        (
+            "location / { proxy_pass http://pool; proxy_next_upstream error http_502; }",
+            "http_502",
+        ),
+        (
+            "location / { proxy_pass http://x:1; proxy_next_upstream error nope; }",
+            "invalid value",
+        ),
+        (
+            "location / { proxy_pass http://x:1; proxy_redirect http://x:1/ /; }",
+            "proxy_redirect",
+        ),
+        (
+            "location ~ \\.php$ { proxy_pass http://x:1/y; }",
+            "URI part",
+        ),
+        ("location / { proxy_pass ftp://x; }", "invalid proxy pass"),
+        (
+            "location / { proxy_set_header X $nope; proxy_pass http://x:1; }",
+            "nope",
+        ),
+    ] {
+        let e = convert(&site(conf)).expect_err(conf);
+        assert!(e.to_string().contains(want), "{conf}: {e}");
+        assert!(e.to_string().contains("/test/nginx.conf:"), "{conf}: {e}");
+    }
+    // One server: retrying on a status could not happen in nginx either.
+    convert(&site(
+        "location / { proxy_pass http://one; proxy_next_upstream error http_502; }",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
 }

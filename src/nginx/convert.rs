@@ -1419,6 +1419,15 @@ impl Cv {
                     .iter()
                     .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
             {
+                // (Host first when not configured: nginx's default order.)
+                if !p
+                    .set_headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+                {
+                    let host = yaml::parse_proxy_template("$proxy_host").map_err(|e| err(d, e))?;
+                    p.set_headers.push(("Host".into(), host));
+                }
                 p.set_headers
                     .push(("Connection".into(), Template::literal("close")));
             }

@@ -227,7 +227,10 @@ fn default_redirect(hp: &HttpProxy, loc: &Location) -> Option<(String, String)> 
     }
     let scheme = if hp.tls { "https" } else { "http" };
     match &hp.uri {
-        Some(u) => Some((format!("{scheme}://{name}{u}"), location_prefix(loc)?.to_string())),
+        Some(u) => Some((
+            format!("{scheme}://{name}{u}"),
+            location_prefix(loc)?.to_string(),
+        )),
         None => Some((format!("{scheme}://{name}/"), "/".to_string())),
     }
 }
@@ -1034,12 +1037,21 @@ fn nginx_header_order(req: &mut RequestHeader, set: &[(String, crate::config::Te
     }
     let all: Vec<(String, http::HeaderValue)> = req
         .case_header_iter()
-        .map(|(k, v)| (String::from_utf8_lossy(k.as_slice()).into_owned(), v.clone()))
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k.as_slice()).into_owned(),
+                v.clone(),
+            )
+        })
         .collect();
     let is_front = |k: &str| front.iter().any(|f| k.eq_ignore_ascii_case(f));
     let mut ordered: Vec<(String, http::HeaderValue)> = Vec::with_capacity(all.len());
     for f in &front {
-        ordered.extend(all.iter().filter(|(k, _)| k.eq_ignore_ascii_case(f)).cloned());
+        ordered.extend(
+            all.iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(f))
+                .cloned(),
+        );
     }
     ordered.extend(all.iter().filter(|(k, _)| !is_front(k)).cloned());
     for (k, _) in &all {
@@ -1895,6 +1907,15 @@ mod tests {
             f.nginx_message
         );
         assert_eq!(unescape("a\\r\\n\\x15b"), b"a\r\n\x15b");
+    }
+
+    #[test]
+    fn uris_are_escaped_like_nginx() {
+        assert_eq!(
+            escape_uri("/a b/~u/%/#?\u{e9}"),
+            "/a%20b/~u/%25/%23%3F%C3%A9"
+        );
+        assert_eq!(escape_uri("/plain/path.html"), "/plain/path.html");
     }
 
     #[test]
