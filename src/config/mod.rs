@@ -562,6 +562,22 @@ impl Upstream {
     }
 }
 
+/// `proxy_next_upstream` / `next_upstream` conditions (nginx's names).
+pub const NEXT_UPSTREAM: &[&str] = &[
+    "error",
+    "timeout",
+    "invalid_header",
+    "http_500",
+    "http_502",
+    "http_503",
+    "http_504",
+    "http_403",
+    "http_404",
+    "http_429",
+    "non_idempotent",
+    "off",
+];
+
 /// A `proxy_pass` to an HTTP backend and everything that goes with it.
 #[derive(Debug, Clone)]
 pub struct HttpProxy {

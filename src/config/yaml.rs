@@ -285,22 +285,6 @@ pub fn parse_proxy_template(s: &str) -> Result<Template, String> {
     Template::parse_with(s, &|n| PROXY_VARS.contains(&n))
 }
 
-/// `proxy_next_upstream` conditions why502 understands.
-const NEXT_UPSTREAM: &[&str] = &[
-    "error",
-    "timeout",
-    "invalid_header",
-    "http_500",
-    "http_502",
-    "http_503",
-    "http_504",
-    "http_403",
-    "http_404",
-    "http_429",
-    "non_idempotent",
-    "off",
-];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReturnFile {
@@ -675,10 +659,13 @@ fn convert_location(
         hp.hide_headers = p.hide_headers;
         hp.pass_headers = p.pass_headers;
         if let Some(n) = p.next_upstream {
-            if let Some(x) = n.iter().find(|x| !NEXT_UPSTREAM.contains(&x.as_str())) {
+            if let Some(x) = n
+                .iter()
+                .find(|x| !crate::config::NEXT_UPSTREAM.contains(&x.as_str()))
+            {
                 return Err(bad(format!(
                     "proxy.next_upstream: unknown condition \"{x}\" (expected {})",
-                    NEXT_UPSTREAM.join(", ")
+                    crate::config::NEXT_UPSTREAM.join(", ")
                 )));
             }
             hp.next_upstream = n;

@@ -30,22 +30,6 @@ use crate::config::yaml;
 
 use super::Directive;
 
-/// `proxy_next_upstream` values nginx accepts.
-const NEXT_UPSTREAM: &[&str] = &[
-    "error",
-    "timeout",
-    "invalid_header",
-    "http_500",
-    "http_502",
-    "http_503",
-    "http_504",
-    "http_403",
-    "http_404",
-    "http_429",
-    "non_idempotent",
-    "off",
-];
-
 /// Where relative paths (`root html;`, log files) are resolved: nginx's
 /// `--prefix` (Debian: `/usr/share/nginx`).
 pub const DEFAULT_PREFIX: &str = "/usr/share/nginx";
@@ -851,7 +835,10 @@ impl Cv {
             "proxy_next_upstream" => {
                 self.nargs(d, 1, 16)?;
                 let conds: Vec<String> = d.args.iter().map(|a| a.value.clone()).collect();
-                if let Some(x) = conds.iter().find(|x| !NEXT_UPSTREAM.contains(&x.as_str())) {
+                if let Some(x) = conds
+                    .iter()
+                    .find(|x| !crate::config::NEXT_UPSTREAM.contains(&x.as_str()))
+                {
                     return Err(err(d, format!("has an invalid value \"{x}\"")));
                 }
                 if conds.len() > 1 && conds.iter().any(|x| x == "off") {
