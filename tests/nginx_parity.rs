@@ -5,6 +5,10 @@
 //! must match (ports, SERVER_SOFTWARE and timing keys aside). Known,
 //! documented differences (docs/nginx-compat.md) are listed per request.
 //!
+//! A third server runs why502 with `--config` on the YAML that `why502
+//! convert` makes of the same nginx.conf: it must answer every request
+//! exactly like the `--nginx-conf` one (no allowances).
+//!
 //! nginx and PHP-FPM are required: if either is missing the test fails.
 
 use std::collections::BTreeMap;
@@ -25,75 +29,7 @@ echo json_encode(['server' => $_SERVER, 'get' => $_GET, 'post' => $_POST,
 "#;
 
 /// The config both servers run; `@PORT@`, `@WWW@`, `@FPM@`, `@DEAD@` are filled in.
-const CONF: &str = r#"
-events { worker_connections 64; }
-http {
-    include mime.types;
-    default_type application/octet-stream;
-    sendfile on;
-    access_log off;
-    client_max_body_size 2k;
-    server {
-        listen 127.0.0.1:@PORT@ default_server;
-        server_name parity.test;
-        root @WWW@;
-        index index.html index.php;
-        error_page 404 /404.html;
-        rewrite ^/old/(.*)$ /dump.php?from=$1 last;
-
-        location / {
-            try_files $uri $uri/ =404;
-        }
-        location /wp/ {
-            try_files $uri $uri/ /dump.php?$args;
-        }
-        location /noargs/ {
-            try_files $uri /dump.php;
-        }
-        location ^~ /uploads/ {
-            location ~ \.php(/|$) {
-                include fastcgi.conf;
-                fastcgi_pass unix:@FPM@;
-            }
-        }
-        location ~ [^/]\.php(/|$) {
-            include snippets/fastcgi-php.conf;
-            fastcgi_pass unix:@FPM@;
-        }
-        location = /dead.php {
-            include fastcgi.conf;
-            fastcgi_pass unix:@DEAD@;
-        }
-        location = /slow.php {
-            include fastcgi.conf;
-            fastcgi_read_timeout 1s;
-            fastcgi_pass unix:@FPM@;
-        }
-        location = /ret301 { return 301 /a.txt; }
-        location = /retfull { return 302 http://example.com/x?$args; }
-        location = /ret200 { return 200 "hello $uri $arg_x"; }
-        location = /ret200.json { return 200 "{}"; }
-        location = /gone { return 410; }
-        location /r/ {
-            rewrite ^/r/(.*)$ /$1 break;
-        }
-        location = /perm { rewrite ^ /a.txt permanent; }
-        location = /red { rewrite ^/red$ /a.txt?from=red redirect; }
-        location /assets/ {
-            expires 1h;
-            add_header X-Parity yes;
-        }
-        location /private/ { deny all; }
-        location /ep/ {
-            error_page 404 = /dump.php;
-        }
-        location /setvar/ {
-            set $who "v-$uri";
-            return 200 "$who";
-        }
-    }
-}
-"#;
+const CONF: &str = include_str!("fixtures/nginx/parity.conf");
 
 struct Case {
     name: &'static str,
@@ -295,8 +231,41 @@ fn nginx_and_why502_agree() {
             .stdout(Stdio::null())
             .stderr(wout),
     );
+    // The third server: why502 on the YAML `why502 convert` makes of the
+    // same nginx.conf must answer exactly like `--nginx-conf`.
+    let yport = free_port();
+    write(&dir.join("why502-yaml.conf"), &conf_for(yport));
+    let converted = Command::new(env!("CARGO_BIN_EXE_why502"))
+        .arg("convert")
+        .arg("--nginx-conf")
+        .arg(dir.join("why502-yaml.conf"))
+        .output()
+        .expect("run why502 convert");
+    assert!(
+        converted.status.success(),
+        "why502 convert failed: {}",
+        String::from_utf8_lossy(&converted.stderr)
+    );
+    let yaml_path = dir.join("why502.yaml");
+    std::fs::write(&yaml_path, &converted.stdout).expect("write yaml");
+    let yout = std::fs::File::create(dir.join("why502-yaml.out")).expect("out");
+    let _why_yaml = Proc::spawn(
+        "why502 --config",
+        Command::new(env!("CARGO_BIN_EXE_why502"))
+            .arg("--config")
+            .arg(&yaml_path)
+            .arg("--error-log")
+            .arg(dir.join("why502-yaml-error.log"))
+            .arg("--events")
+            .arg(dir.join("why502-yaml-events.log"))
+            .arg("--threads")
+            .arg("2")
+            .stdout(Stdio::null())
+            .stderr(yout),
+    );
     wait_port(nport, "nginx", &nlog);
     wait_port(wport, "why502", &dir.join("why502.out"));
+    wait_port(yport, "why502 --config", &dir.join("why502-yaml.out"));
 
     let a_txt_mtime = std::fs::metadata(www.join("a.txt"))
         .and_then(|m| m.modified())
@@ -409,11 +378,23 @@ fn nginx_and_why502_agree() {
         )
     });
 
-    let ports = [nport, wport];
+    let ports = [nport, wport, yport];
     let mut failures = Vec::new();
     for c in &cases {
         let n = view(&send(nport, &c.raw), &ports);
         let w = view(&send(wport, &c.raw), &ports);
+        let y = view(&send(yport, &c.raw), &ports);
+        // No allowances: the converted YAML is the same configuration.
+        let keys: std::collections::BTreeSet<&String> = w.keys().chain(y.keys()).collect();
+        for k in keys {
+            let (a, b) = (w.get(k), y.get(k));
+            if a != b {
+                failures.push(format!(
+                    "{}: {k}\n    why502 --nginx-conf: {:?}\n    why502 --config:     {:?}",
+                    c.name, a, b
+                ));
+            }
+        }
         if std::env::var_os("PARITY_VERBOSE").is_some() {
             eprintln!("== {}: {n:#?}", c.name);
         }
@@ -436,7 +417,19 @@ fn nginx_and_why502_agree() {
         "GET /dump.php?a=1 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    // The failure modes carry why502's cause.
+    // The failure modes carry why502's cause (also from the converted YAML).
+    let r = send(
+        yport,
+        "GET /dead.php HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        r.header("Why502-Cause"),
+        send(
+            wport,
+            "GET /dead.php HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        )
+        .header("Why502-Cause")
+    );
     let r = send(
         wport,
         "GET /dead.php HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n",
@@ -460,7 +453,7 @@ fn nginx_and_why502_agree() {
     drop(fpm);
     assert!(
         failures.is_empty(),
-        "{} difference(s) between nginx and why502:\n{}",
+        "{} difference(s) between nginx, why502 --nginx-conf and why502 --config (converted):\n{}",
         failures.len(),
         failures.join("\n")
     );

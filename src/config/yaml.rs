@@ -4,7 +4,9 @@
 //!
 //! See `config/why502.yaml` for an annotated example.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +41,12 @@ impl<'de> Deserialize<'de> for StrOrNum {
         enum V {
             S(String),
             U(u64),
+            I(i64),
         }
         Ok(StrOrNum(match V::deserialize(d)? {
             V::S(s) => s,
             V::U(u) => u.to_string(),
+            V::I(i) => i.to_string(),
         }))
     }
 }
@@ -52,11 +56,153 @@ string_newtype!(Size, u64, parse_size);
 string_newtype!(AddrStr, Addr, Addr::parse);
 string_newtype!(Re, regex::Regex, |s| regex::Regex::new(s)
     .map_err(|e| format!("invalid regex: {e}")));
-string_newtype!(Tpl, Template, Template::parse);
+string_newtype!(Tpl, Template, parse_template);
 string_newtype!(Net, IpNet, |s| IpNet::parse(s).ok_or_else(|| format!(
     "invalid network \"{s}\" (expected e.g. 10.0.0.0/8)"
 )));
 string_newtype!(SockAddr, SocketAddr, parse_listen_addr);
+string_newtype!(NetOrAll, Option<IpNet>, |s| if s == "all" {
+    Ok(None)
+} else {
+    IpNet::parse(s).map(Some).ok_or_else(|| {
+        format!("invalid network \"{s}\" (expected all, an address or e.g. 10.0.0.0/8)")
+    })
+});
+string_newtype!(ExpiresFile, Expires, parse_expires);
+
+thread_local! {
+    /// Names of the file's `set` variables while it is read: templates
+    /// accept them as `$name`, like nginx accepts variables `set` anywhere.
+    static USER_VARS: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// Makes `names` the user variables until dropped.
+struct UserVars;
+
+impl UserVars {
+    fn set(names: HashSet<String>) -> UserVars {
+        USER_VARS.with(|u| *u.borrow_mut() = names);
+        UserVars
+    }
+}
+
+impl Drop for UserVars {
+    fn drop(&mut self) {
+        USER_VARS.with(|u| u.borrow_mut().clear());
+    }
+}
+
+/// A template; `$name` may be a `set` variable of the file being read.
+fn parse_template(s: &str) -> Result<Template, String> {
+    USER_VARS.with(|u| {
+        let u = u.borrow();
+        Template::parse_with(s, &|n| u.contains(n))
+    })
+}
+
+/// A proxy template: `set` variables plus the proxy module's.
+fn parse_proxy_template_here(s: &str) -> Result<Template, String> {
+    USER_VARS.with(|u| {
+        let u = u.borrow();
+        Template::parse_with(s, &|n| u.contains(n) || PROXY_VARS.contains(&n))
+    })
+}
+
+/// The names given to `set: { name: ... }` anywhere in the text.
+fn set_names(text: &str) -> HashSet<String> {
+    fn walk(v: &serde_yaml::Value, out: &mut HashSet<String>) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, val) in m {
+                    if k.as_str() == Some("set") {
+                        if let Some(n) = val.get("name").and_then(|n| n.as_str()) {
+                            out.insert(n.trim_start_matches('$').to_string());
+                        }
+                    }
+                    walk(val, out);
+                }
+            }
+            serde_yaml::Value::Sequence(s) => s.iter().for_each(|x| walk(x, out)),
+            serde_yaml::Value::Tagged(t) => walk(&t.value, out),
+            _ => {}
+        }
+    }
+    let mut out = HashSet::new();
+    if let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+        walk(&v, &mut out);
+    }
+    out
+}
+
+/// `off`, `epoch`, `max`, or a time from now (`1h`, `30d`, `-1`: negative =
+/// `Cache-Control: no-cache`), as nginx's `expires`.
+pub fn parse_expires(s: &str) -> Result<Expires, String> {
+    Ok(match s {
+        "off" => Expires::Off,
+        "epoch" => Expires::Epoch,
+        "max" => Expires::Max,
+        v => {
+            let (neg, v) = match v.strip_prefix('-') {
+                Some(r) => (true, r),
+                None => (false, v.strip_prefix('+').unwrap_or(v)),
+            };
+            let t = parse_duration(v).map_err(|e| format!("invalid expires: {e}"))?;
+            let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+            Expires::After(if neg { -secs } else { secs })
+        }
+    })
+}
+
+/// A list given either as a mapping `{NAME: value}` (applied sorted by
+/// name) or, when order matters, as a sequence of `{name: NAME, value: ...}`.
+struct MapOrList<V, I>(Vec<I>, PhantomData<V>);
+
+impl<V, I> Default for MapOrList<V, I> {
+    fn default() -> Self {
+        MapOrList(Vec::new(), PhantomData)
+    }
+}
+
+impl<'de, V, I> Deserialize<'de> for MapOrList<V, I>
+where
+    V: Deserialize<'de>,
+    I: Deserialize<'de> + From<(String, V)>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis<V, I>(PhantomData<(V, I)>);
+        impl<'de, V, I> de::Visitor<'de> for Vis<V, I>
+        where
+            V: Deserialize<'de>,
+            I: Deserialize<'de> + From<(String, V)>,
+        {
+            type Value = MapOrList<V, I>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping NAME: value, or a list of { name, value }")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut sorted = BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<String, V>()? {
+                    sorted.insert(k, v);
+                }
+                Ok(MapOrList(
+                    sorted.into_iter().map(I::from).collect(),
+                    PhantomData,
+                ))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(i) = s.next_element::<I>()? {
+                    out.push(i);
+                }
+                Ok(MapOrList(out, PhantomData))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(MapOrList::default())
+            }
+        }
+        d.deserialize_any(Vis(PhantomData))
+    }
+}
 
 /// `8080`, `127.0.0.1:8080`, `[::1]:8080`, `*:8080`.
 pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
@@ -166,8 +312,100 @@ struct ServerFile {
     index: Option<Vec<String>>,
     client_max_body_size: Option<Size>,
     client_body_timeout: Option<Dur>,
+    /// Rewrite-phase steps run before a location is searched.
+    #[serde(default)]
+    rewrites: Vec<ScriptOpFile>,
+    /// Make redirects to `/path` absolute (`http://host:port/path`).
+    #[serde(default)]
+    absolute_redirect: bool,
+    /// Serve requests that match no location with the server's own
+    /// settings (nginx's behaviour) instead of answering 404.
+    #[serde(default)]
+    serve_unmatched: bool,
+    /// For requests that match no location (needs `serve_unmatched`).
+    try_files: Option<Vec<Tpl>>,
+    /// Content type of files whose extension `types` does not know.
+    default_type: Option<String>,
+    /// Extension → content type (replaces the built-in guess).
+    types: Option<BTreeMap<String, String>>,
+    add_headers: Option<Vec<AddHeaderFile>>,
+    expires: Option<ExpiresFile>,
+    error_pages: Option<Vec<ErrorPageFile>>,
+    access: Option<Vec<AccessFile>>,
     #[serde(default)]
     locations: Vec<LocationFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddHeaderFile {
+    name: String,
+    value: Tpl,
+    /// Also on error responses (nginx `always`).
+    #[serde(default)]
+    always: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorPageFile {
+    codes: Vec<u16>,
+    /// A URI (`/50x.html`), a named location (`@x`) or a URL (redirect).
+    uri: Tpl,
+    /// Answer with this code, or `target` for the target's own status;
+    /// absent = keep the error's code.
+    status: Option<ErrorStatusFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ErrorStatusFile {
+    Code(u16),
+    Word(String),
+}
+
+/// `{allow: NET}` / `{deny: NET}`; NET is `all`, an address or a CIDR.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessFile {
+    allow: Option<NetOrAll>,
+    deny: Option<NetOrAll>,
+}
+
+/// One rewrite-phase step: `{rewrite: ...}`, `{return: ...}` or `{set: ...}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptOpFile {
+    rewrite: Option<RewriteFile>,
+    #[serde(rename = "return")]
+    ret: Option<ReturnFile>,
+    set: Option<SetFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteFile {
+    regex: String,
+    replacement: Tpl,
+    /// Absent: go on with the next step (a replacement starting with
+    /// `http://`, `https://` or `$scheme` redirects with 302).
+    flag: Option<RewriteFlagFile>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RewriteFlagFile {
+    Last,
+    Break,
+    Redirect,
+    Permanent,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFile {
+    name: String,
+    value: Tpl,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +425,21 @@ struct LocationFile {
     ret: Option<ReturnFile>,
     fastcgi: Option<FastCgiFile>,
     proxy: Option<ProxyFile>,
+    /// Rewrite-phase steps in order (before `return`).
+    #[serde(default)]
+    script: Vec<ScriptOpFile>,
+    /// Only reachable through internal redirects (error_pages, try_files...).
+    #[serde(default)]
+    internal: bool,
+    client_max_body_size: Option<Size>,
+    /// Content type of files whose extension `types` does not know.
+    default_type: Option<String>,
+    /// Extension → content type (replaces the built-in guess).
+    types: Option<BTreeMap<String, String>>,
+    add_headers: Option<Vec<AddHeaderFile>>,
+    expires: Option<ExpiresFile>,
+    error_pages: Option<Vec<ErrorPageFile>>,
+    access: Option<Vec<AccessFile>>,
     #[serde(default)]
     locations: Vec<LocationFile>,
 }
@@ -198,7 +451,7 @@ struct ProxyFile {
     /// `http://upstream-name[/uri]`, `http://host:port[/uri]`, `https://...`.
     pass: String,
     #[serde(default)]
-    set_headers: BTreeMap<String, String>,
+    set_headers: MapOrList<String, NameValue>,
     connect_timeout: Option<Dur>,
     send_timeout: Option<Dur>,
     read_timeout: Option<Dur>,
@@ -299,7 +552,7 @@ struct FastCgiFile {
     #[serde(default = "yes")]
     default_params: bool,
     #[serde(default)]
-    params: BTreeMap<String, Tpl>,
+    params: MapOrList<Tpl, ParamFile>,
     split_path_info: Option<Re>,
     index: Option<String>,
     connect_timeout: Option<Dur>,
@@ -314,6 +567,42 @@ struct FastCgiFile {
     hide_headers: Vec<String>,
     #[serde(default)]
     pass_headers: Vec<String>,
+    /// Send the request headers as HTTP_* params.
+    #[serde(default = "yes")]
+    pass_request_headers: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamFile {
+    name: String,
+    value: Tpl,
+    /// Left out when the value is empty.
+    #[serde(default)]
+    if_not_empty: bool,
+}
+
+impl From<(String, Tpl)> for ParamFile {
+    fn from((name, value): (String, Tpl)) -> Self {
+        ParamFile {
+            name,
+            value,
+            if_not_empty: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+impl From<(String, String)> for NameValue {
+    fn from((name, value): (String, String)) -> Self {
+        NameValue { name, value }
+    }
 }
 
 /// Reads and converts a YAML config file.
@@ -333,6 +622,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
 
 /// Converts YAML text; `name` is used in error messages.
 pub fn load_str(text: &str, name: &str) -> Result<Config, ConfigError> {
+    let _vars = UserVars::set(set_names(text));
     let file: File = serde_yaml::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line()).unwrap_or(0);
         // serde_yaml appends " at line L column C"; the origin says it already.
@@ -458,10 +748,36 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
                 },
             })
             .collect();
+        let server_origin = origin("listen");
+        let inh = Inherit::default().with(
+            InheritedKeys {
+                default_type: s.default_type,
+                types: s.types,
+                add_headers: s.add_headers,
+                expires: s.expires,
+                error_pages: s.error_pages,
+                access: s.access,
+                client_max_body_size: None,
+            },
+            &origin,
+        )?;
         let mut locations = Vec::new();
         for l in s.locations {
-            locations.push(convert_location(l, &upstreams, &origin)?);
+            locations.push(convert_location(l, &upstreams, &origin, &inh)?);
         }
+        let base = if s.serve_unmatched {
+            let mut b = Location::new(Match::Prefix(String::new()), server_origin.clone());
+            inh.apply(&mut b);
+            b.try_files = s.try_files.map(|v| v.into_iter().map(|t| t.0).collect());
+            Some(Box::new(b))
+        } else if s.try_files.is_some() {
+            return Err(ConfigError::new(
+                origin("try_files"),
+                "try_files on a server is for requests that match no location: it needs serve_unmatched: true",
+            ));
+        } else {
+            None
+        };
         servers.push(Server {
             listen,
             names: s.server_name,
@@ -473,10 +789,10 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
                 .client_body_timeout
                 .map(|x| x.0)
                 .unwrap_or(Duration::from_secs(60)),
-            origin: origin("listen"),
-            rewrites: Vec::new(),
-            base: None,
-            absolute_redirect: false,
+            origin: server_origin,
+            rewrites: convert_script(s.rewrites, &origin)?,
+            base,
+            absolute_redirect: s.absolute_redirect,
         });
     }
 
@@ -508,10 +824,227 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
     })
 }
 
+/// The inherited keys as one level gives them.
+struct InheritedKeys {
+    default_type: Option<String>,
+    types: Option<BTreeMap<String, String>>,
+    add_headers: Option<Vec<AddHeaderFile>>,
+    expires: Option<ExpiresFile>,
+    error_pages: Option<Vec<ErrorPageFile>>,
+    access: Option<Vec<AccessFile>>,
+    client_max_body_size: Option<Size>,
+}
+
+/// What a location inherits from its server or enclosing location.
+#[derive(Clone, Default)]
+struct Inherit {
+    default_type: Option<String>,
+    types: Option<Arc<HashMap<String, String>>>,
+    add_headers: Vec<AddHeader>,
+    expires: Option<Expires>,
+    error_pages: Vec<ErrorPage>,
+    access: Vec<AccessRule>,
+    client_max_body_size: Option<u64>,
+}
+
+impl Inherit {
+    /// This level's values: its own keys, else the inherited ones.
+    fn with(
+        &self,
+        k: InheritedKeys,
+        origin: &dyn Fn(&str) -> Origin,
+    ) -> Result<Inherit, ConfigError> {
+        let mut out = self.clone();
+        if let Some(t) = k.default_type {
+            out.default_type = Some(t);
+        }
+        if let Some(t) = k.types {
+            out.types = Some(Arc::new(
+                t.into_iter()
+                    .map(|(e, m)| (e.to_ascii_lowercase(), m))
+                    .collect(),
+            ));
+        }
+        if let Some(h) = k.add_headers {
+            out.add_headers = h
+                .into_iter()
+                .map(|h| AddHeader {
+                    name: h.name,
+                    value: h.value.0,
+                    always: h.always,
+                })
+                .collect();
+        }
+        if let Some(e) = k.expires {
+            out.expires = Some(e.0);
+        }
+        if let Some(pages) = k.error_pages {
+            out.error_pages = Vec::new();
+            for p in pages {
+                let bad = |msg: String| ConfigError::new(origin("error_pages"), msg);
+                if p.codes.is_empty() {
+                    return Err(bad(
+                        "error_pages: codes: at least one code is required".into()
+                    ));
+                }
+                if let Some(c) = p
+                    .codes
+                    .iter()
+                    .find(|c| !(300..=599).contains(*c) || **c == 499)
+                {
+                    return Err(bad(format!(
+                        "error_pages: code {c} must be between 300 and 599 (not 499)"
+                    )));
+                }
+                let response = match p.status {
+                    None => None,
+                    Some(ErrorStatusFile::Code(c)) if (100..=999).contains(&c) => Some(c),
+                    Some(ErrorStatusFile::Word(w)) if w == "target" => Some(0),
+                    Some(ErrorStatusFile::Code(c)) => {
+                        return Err(bad(format!("error_pages: invalid status {c}")))
+                    }
+                    Some(ErrorStatusFile::Word(w)) => {
+                        return Err(bad(format!(
+                            "error_pages: invalid status \"{w}\" (expected a code or target)"
+                        )))
+                    }
+                };
+                out.error_pages.push(ErrorPage {
+                    codes: p.codes,
+                    response,
+                    target: p.uri.0,
+                });
+            }
+        }
+        if let Some(a) = k.access {
+            out.access = Vec::new();
+            for r in a {
+                out.access.push(match (r.allow, r.deny) {
+                    (Some(n), None) => AccessRule {
+                        allow: true,
+                        net: n.0,
+                    },
+                    (None, Some(n)) => AccessRule {
+                        allow: false,
+                        net: n.0,
+                    },
+                    _ => {
+                        return Err(ConfigError::new(
+                            origin("access"),
+                            "access: each rule is one of { allow: NET } or { deny: NET }",
+                        ))
+                    }
+                });
+            }
+        }
+        if let Some(n) = k.client_max_body_size {
+            out.client_max_body_size = Some(n.0);
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, loc: &mut Location) {
+        loc.default_type = self.default_type.clone();
+        loc.types = self.types.clone();
+        loc.add_headers = self.add_headers.clone();
+        loc.expires = self.expires;
+        loc.error_pages = self.error_pages.clone();
+        loc.access = self.access.clone();
+        loc.client_max_body_size = self.client_max_body_size;
+    }
+}
+
+/// `rewrites:` / `script:` steps.
+fn convert_script(
+    ops: Vec<ScriptOpFile>,
+    origin: &dyn Fn(&str) -> Origin,
+) -> Result<Vec<ScriptOp>, ConfigError> {
+    enum Op {
+        Rewrite(RewriteFile),
+        Return(ReturnFile),
+        Set(SetFile),
+    }
+    let mut out = Vec::new();
+    for op in ops {
+        let op = match (op.rewrite, op.ret, op.set) {
+            (Some(r), None, None) => Op::Rewrite(r),
+            (None, Some(r), None) => Op::Return(r),
+            (None, None, Some(s)) => Op::Set(s),
+            _ => {
+                return Err(ConfigError::new(
+                    origin("rewrites"),
+                    "each rewrite-phase step is one of { rewrite: ... }, { return: ... } or { set: ... }",
+                ))
+            }
+        };
+        out.push(match op {
+            Op::Rewrite(r) => {
+                let here = origin(&r.regex);
+                let re = regex::Regex::new(&r.regex).map_err(|e| {
+                    ConfigError::new(
+                        here.clone(),
+                        format!("rewrite: invalid regex \"{}\": {e}", r.regex),
+                    )
+                })?;
+                let replacement = r.replacement.0;
+                let flag = match r.flag {
+                    Some(RewriteFlagFile::Last) => RewriteFlag::Last,
+                    Some(RewriteFlagFile::Break) => RewriteFlag::Break,
+                    Some(RewriteFlagFile::Redirect) => RewriteFlag::Redirect,
+                    Some(RewriteFlagFile::Permanent) => RewriteFlag::Permanent,
+                    // nginx: a replacement that is a URL redirects.
+                    None => match replacement.pieces.first() {
+                        Some(template::Piece::Lit(s))
+                            if s.starts_with("http://") || s.starts_with("https://") =>
+                        {
+                            RewriteFlag::Redirect
+                        }
+                        Some(template::Piece::Var(Var::Scheme)) => RewriteFlag::Redirect,
+                        _ => RewriteFlag::None,
+                    },
+                };
+                ScriptOp::Rewrite(Rewrite {
+                    re,
+                    replacement,
+                    flag,
+                    origin: here,
+                })
+            }
+            Op::Return(r) => ScriptOp::Return(Return {
+                code: r.code,
+                text: r.text.map(|t| t.0),
+            }),
+            Op::Set(s) => {
+                let name = s.name.strip_prefix('$').unwrap_or(&s.name);
+                let valid = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    return Err(ConfigError::new(
+                        origin(&s.name),
+                        format!("set: invalid variable name \"{}\"", s.name),
+                    ));
+                }
+                if Var::from_name(name).is_some() || PROXY_VARS.contains(&name) {
+                    return Err(ConfigError::new(
+                        origin(&s.name),
+                        format!("set: cannot set built-in variable \"${name}\""),
+                    ));
+                }
+                ScriptOp::Set {
+                    name: name.to_string(),
+                    value: s.value.0,
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
 fn convert_location(
     l: LocationFile,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     origin: &dyn Fn(&str) -> Origin,
+    parent: &Inherit,
 ) -> Result<Location, ConfigError> {
     let mut matchers = Vec::new();
     if let Some(p) = l.exact {
@@ -577,11 +1110,11 @@ fn convert_location(
         if f.default_params {
             fc.params = default_params();
         }
-        for (name, value) in f.params {
+        for p in f.params.0 {
             fc.params.push(Param {
-                name,
-                value: value.0,
-                if_not_empty: false,
+                name: p.name,
+                value: p.value.0,
+                if_not_empty: p.if_not_empty,
             });
         }
         fc.split_path_info = f.split_path_info.map(|r| r.0);
@@ -602,6 +1135,7 @@ fn convert_location(
         fc.intercept_errors = f.intercept_errors;
         fc.hide_headers = f.hide_headers;
         fc.pass_headers = f.pass_headers;
+        fc.pass_request_headers = f.pass_request_headers;
         loc.fastcgi = Some(Arc::new(fc));
     }
     if let Some(p) = l.proxy {
@@ -628,9 +1162,9 @@ fn convert_location(
         let mut hp = HttpProxy::new(upstream);
         hp.tls = tls;
         hp.uri = uri;
-        for (k, v) in p.set_headers {
-            let t =
-                parse_proxy_template(&v).map_err(|e| bad(format!("proxy.set_headers.{k}: {e}")))?;
+        for NameValue { name: k, value: v } in p.set_headers.0 {
+            let t = parse_proxy_template_here(&v)
+                .map_err(|e| bad(format!("proxy.set_headers.{k}: {e}")))?;
             hp.set_headers.push((k, t));
         }
         if let Some(t) = p.connect_timeout {
@@ -652,8 +1186,9 @@ fn convert_location(
         hp.ssl_verify = p.ssl_verify;
         hp.ssl_trusted_certificate = p.ssl_trusted_certificate;
         if let Some(n) = &p.ssl_name {
-            hp.ssl_name =
-                Some(parse_proxy_template(n).map_err(|e| bad(format!("proxy.ssl_name: {e}")))?);
+            hp.ssl_name = Some(
+                parse_proxy_template_here(n).map_err(|e| bad(format!("proxy.ssl_name: {e}")))?,
+            );
         }
         hp.ssl_server_name = p.ssl_server_name;
         hp.hide_headers = p.hide_headers;
@@ -676,9 +1211,24 @@ fn convert_location(
         }
         loc.proxy = Some(Arc::new(hp));
     }
+    let inh = parent.with(
+        InheritedKeys {
+            default_type: l.default_type,
+            types: l.types,
+            add_headers: l.add_headers,
+            expires: l.expires,
+            error_pages: l.error_pages,
+            access: l.access,
+            client_max_body_size: l.client_max_body_size,
+        },
+        origin,
+    )?;
+    inh.apply(&mut loc);
+    loc.script = convert_script(l.script, origin)?;
+    loc.internal = l.internal;
     for child in l.locations {
         loc.locations
-            .push(convert_location(child, upstreams, origin)?);
+            .push(convert_location(child, upstreams, origin, &inh)?);
     }
     Ok(loc)
 }
@@ -733,5 +1283,116 @@ mod tests {
         let text = "servers:\n  - listen: [8080]\n    locations:\n      - prefix: /\n        fastcgi:\n          pass: nope\n";
         let e = load_str(text, "t.yaml").expect_err("bad pass");
         assert_eq!(e.origin.line, 6, "{e}");
+    }
+
+    #[test]
+    fn nginx_feature_keys() {
+        let text = r#"
+servers:
+  - listen: [8080]
+    rewrites:
+      - set: { name: $v, value: "x-$uri" }
+      - rewrite: { regex: '^/a$', replacement: "http://example.test/$v" }
+    serve_unmatched: true
+    try_files: [$uri, =404]
+    default_type: text/plain
+    types: { HTML: text/html }
+    access: [{ allow: 127.0.0.1 }, { deny: all }]
+    error_pages: [{ codes: [404], uri: /404.html }, { codes: [500], uri: "@x", status: target }]
+    locations:
+      - prefix: /
+        expires: -1
+        client_max_body_size: 4k
+        locations:
+          - prefix: /in/
+            access: []
+            internal: true
+            script:
+              - return: { code: 200, text: "$v" }
+            fastcgi:
+              pass: unix:/x.sock
+              default_params: false
+              params:
+                - { name: B, value: $v }
+                - { name: A, value: $https, if_not_empty: true }
+      - named: "@x"
+        add_headers: [{ name: X, value: y, always: true }]
+        proxy:
+          pass: http://127.0.0.1:3000
+          set_headers: [{ name: B, value: $v }, { name: A, value: $proxy_host }]
+"#;
+        let c = load_str(text, "t.yaml").expect("config");
+        let s = &c.servers[0];
+        assert!(matches!(
+            &s.rewrites[1],
+            ScriptOp::Rewrite(r) if r.flag == RewriteFlag::Redirect
+        ));
+        let base = s.base.as_deref().expect("serve_unmatched");
+        assert_eq!(base.try_files.as_ref().map(Vec::len), Some(2));
+        assert_eq!(
+            base.types
+                .as_ref()
+                .and_then(|t| t.get("html"))
+                .map(String::as_str),
+            Some("text/html")
+        );
+        let root = &s.locations[0];
+        assert_eq!(root.expires, Some(Expires::After(-1)));
+        assert_eq!(root.access.len(), 2, "inherited from the server");
+        assert_eq!(root.error_pages[1].response, Some(0));
+        assert_eq!(root.default_type.as_deref(), Some("text/plain"));
+        let inner = &root.locations[0];
+        assert!(inner.access.is_empty() && inner.internal);
+        assert_eq!(
+            inner.client_max_body_size,
+            Some(4096),
+            "from the parent location"
+        );
+        let fc = inner.fastcgi.as_ref().expect("fastcgi");
+        let names: Vec<&str> = fc.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["B", "A"], "list order kept");
+        assert!(fc.params[1].if_not_empty);
+        assert_eq!(
+            fc.params[0].value.pieces,
+            vec![template::Piece::Var(Var::User("v".into()))]
+        );
+        let hp = s.locations[1].proxy.as_ref().expect("proxy");
+        assert_eq!(hp.set_headers[0].0, "B");
+        assert!(s.locations[1].add_headers[0].always);
+    }
+
+    #[test]
+    fn nginx_feature_key_errors() {
+        let base = "servers:\n  - listen: [8080]\n";
+        for (extra, needle) in [
+            ("    try_files: [$uri]\n", "serve_unmatched"),
+            (
+                "    rewrites: [{ set: { name: uri, value: x } }]\n",
+                "built-in",
+            ),
+            (
+                "    rewrites: [{ set: { name: a, value: x }, return: { code: 1 } }]\n",
+                "one of",
+            ),
+            ("    access: [{ allow: nope }]\n", "invalid network"),
+            (
+                "    error_pages: [{ codes: [200], uri: /x }]\n",
+                "between 300 and 599",
+            ),
+            (
+                "    error_pages: [{ codes: [404], uri: /x, status: same }]\n",
+                "target",
+            ),
+            ("    expires: soon\n", "expires"),
+            ("    add_headers: [{ name: X, value: $nope }]\n", "nope"),
+            (
+                "    rewrites: [{ rewrite: { regex: '(', replacement: x } }]\n",
+                "regex",
+            ),
+        ] {
+            let e = load_str(&format!("{base}{extra}"), "t.yaml").expect_err(extra);
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+            assert!(e.origin.line >= 2, "{extra}: {e}");
+        }
     }
 }
