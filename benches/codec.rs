@@ -1,11 +1,11 @@
 //! Codec benchmarks: `cargo bench --bench codec`.
 
 use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use why502::fastcgi::cgi::CgiHeaderParser;
 use why502::fastcgi::decoder::{Frame, ResponseDecoder};
 use why502::fastcgi::params::encode_pair;
 use why502::fastcgi::record::{encode_params, encode_record, RecordType};
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 /// A 1 MiB STDOUT stream as PHP-FPM sends it: 8 KiB records, then the empty
 /// STDOUT record and END_REQUEST.

@@ -115,7 +115,11 @@ where
                 STDIN if clen > 0 => {}
                 STDIN => {
                     // End of the request: answer it.
-                    let n = if params_done { body_size(&params) } else { None };
+                    let n = if params_done {
+                        body_size(&params)
+                    } else {
+                        None
+                    };
                     out.clear();
                     match n {
                         None => {

@@ -122,12 +122,11 @@ pub fn nginx_line(
     phase_while: Option<&str>,
     req: &RequestSummary,
 ) -> String {
-    let now = chrono::Local::now();
     let mut s = String::with_capacity(256);
+    push_log_time(&mut s);
     let _ = write!(
         s,
-        "{} [{}] {}#0: *{} {}",
-        now.format("%Y/%m/%d %H:%M:%S"),
+        " [{}] {}#0: *{} {}",
         level,
         std::process::id(),
         req.conn,
@@ -151,6 +150,29 @@ pub fn nginx_line(
     truncate_at_char(&mut s, MAX_LINE - 1);
     s.push('\n');
     s
+}
+
+/// Appends the local time as nginx logs it (`2024/05/01 12:00:00`). Like
+/// nginx, the text is made once per second (per thread), not per line:
+/// formatting local time is most of the cost of a log line.
+fn push_log_time(s: &mut String) {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            c.1.clear();
+            let _ = write!(c.1, "{}", chrono::Local::now().format("%Y/%m/%d %H:%M:%S"));
+            c.0 = secs;
+        }
+        s.push_str(&c.1);
+    });
 }
 
 fn truncate_at_char(s: &mut String, max: usize) {
@@ -183,17 +205,23 @@ pub fn sf_string(s: &str) -> String {
 
 /// Escapes text for HTML.
 pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
+    let mut out = String::with_capacity(s.len() + 16);
+    // The escaped characters are ASCII: copy the runs between them whole.
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'&' => "&amp;",
+            b'"' => "&quot;",
+            b'\'' => "&#39;",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        out.push_str(rep);
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
     out
 }
 

@@ -117,11 +117,36 @@ pub fn errno_text(e: &io::Error) -> String {
 }
 
 /// Other unix sockets in the directory of a missing one (PHP upgrade hint).
+///
+/// A dead socket fails every request, so the directory listing is kept and
+/// reused while the directory's mtime (which changes whenever an entry is
+/// created, removed or renamed) stays the same: one stat() per failure
+/// instead of opendir/getdents/close, with the same answer.
 fn sibling_sockets(path: &Path) -> Vec<String> {
-    use std::os::unix::fs::FileTypeExt;
+    type Listing = (std::path::PathBuf, std::time::SystemTime, Vec<String>);
+    static LAST: Mutex<Option<Listing>> = Mutex::new(None);
     let Some(dir) = path.parent() else {
         return Vec::new();
     };
+    let Ok(mtime) = std::fs::metadata(dir).and_then(|m| m.modified()) else {
+        return list_sockets(dir);
+    };
+    if let Ok(last) = LAST.lock() {
+        if let Some((d, t, v)) = last.as_ref() {
+            if d == dir && *t == mtime {
+                return v.clone();
+            }
+        }
+    }
+    let v = list_sockets(dir);
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((dir.to_path_buf(), mtime, v.clone()));
+    }
+    v
+}
+
+fn list_sockets(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

@@ -198,6 +198,8 @@ pub async fn serve(
             declared_len: None,
             body_sent: 0,
             head_only: session.req_header().method == http::Method::HEAD,
+            pending: Vec::new(),
+            cork: Cork::default(),
         };
         match ex.run(session, ctx, &prelude, has_body).await {
             Attempt::Done(reusable) => {
@@ -263,6 +265,68 @@ struct Exchange<'a> {
     declared_len: Option<u64>,
     body_sent: u64,
     head_only: bool,
+    /// Body data decoded from one read, written to the client as one piece.
+    pending: Vec<Bytes>,
+    /// The client's TCP socket while corked (see [`Cork`]).
+    cork: Cork,
+}
+
+/// `TCP_CORK` on the client's socket while the writes for one read from the
+/// upstream go out. Pingora flushes the header, every body chunk and the last
+/// chunk separately: three sends (three loopback deliveries, three wake-ups
+/// of the client) for a small chunked response, where nginx does one writev.
+/// Corked, they leave as one segment when the batch ends; the bytes on the
+/// wire are the same. Uncorked before every wait for the upstream, so
+/// streaming is never delayed.
+#[derive(Default)]
+struct Cork {
+    /// The socket, once looked up: `None` before, `Some(None)` when it cannot
+    /// be corked (HTTP/2, not TCP).
+    fd: Option<Option<i32>>,
+    on: bool,
+}
+
+fn set_cork(fd: i32, on: bool) -> bool {
+    let v: libc::c_int = on.into();
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+impl Cork {
+    fn engage(&mut self, session: &Session) {
+        if self.on {
+            return;
+        }
+        let fd = *self.fd.get_or_insert_with(|| {
+            // An HTTP/1 session's stream id is its socket's fd (plain or TLS).
+            let fd = session.as_downstream().stream()?.id();
+            (fd >= 0).then_some(fd)
+        });
+        if let Some(fd) = fd {
+            if set_cork(fd, true) {
+                self.on = true;
+            } else {
+                self.fd = Some(None); // not TCP: never again
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if self.on {
+            self.on = false;
+            if let Some(Some(fd)) = self.fd {
+                set_cork(fd, false);
+            }
+        }
+    }
 }
 
 fn send_failure(e: &std::io::Error) -> Failure {
@@ -339,6 +403,18 @@ impl Exchange<'_> {
         prelude: &Bytes,
         has_body: bool,
     ) -> Attempt {
+        let a = self.exchange(session, ctx, prelude, has_body).await;
+        self.cork.release();
+        a
+    }
+
+    async fn exchange(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        prelude: &Bytes,
+        has_body: bool,
+    ) -> Attempt {
         let fc = self.fc;
         // ---- send ----
         match tokio::time::timeout(fc.send_timeout, self.conn.write_all(prelude)).await {
@@ -382,12 +458,21 @@ impl Exchange<'_> {
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return self.fail(ctx, framing_failure(&e), false),
+                    Err(e) => {
+                        if let Some(a) = self.write_pending(session, ctx).await {
+                            return a;
+                        }
+                        return self.fail(ctx, framing_failure(&e), false);
+                    }
                 }
+            }
+            if let Some(a) = self.write_pending(session, ctx).await {
+                return a;
             }
             if dec.is_done() {
                 return self.finish(session, ctx).await;
             }
+            self.cork.release();
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
             }
@@ -520,7 +605,10 @@ impl Exchange<'_> {
             Frame::Stdout(data) => {
                 self.stdout_seen = true;
                 if self.head_sent {
-                    return self.write_body(session, ctx, data).await;
+                    if !data.is_empty() && !self.head_only {
+                        self.pending.push(data);
+                    }
+                    return None;
                 }
                 let overhead = dec.take_stdout_overhead();
                 match parser.feed(data, overhead) {
@@ -592,11 +680,27 @@ impl Exchange<'_> {
         if let Some(a) = self.send_head(session, ctx, head).await {
             return Some(a);
         }
-        if rest.is_empty() {
-            None
-        } else {
-            self.write_body(session, ctx, rest).await
+        if !rest.is_empty() && !self.head_only {
+            self.pending.push(rest);
         }
+        None
+    }
+
+    /// Writes the body data queued from one read as one piece.
+    async fn write_pending(&mut self, session: &mut Session, ctx: &mut ReqCtx) -> Option<Attempt> {
+        let data = match self.pending.len() {
+            0 => return None,
+            1 => self.pending.pop().unwrap_or_default(),
+            _ => {
+                let len = self.pending.iter().map(Bytes::len).sum();
+                let mut all = BytesMut::with_capacity(len);
+                for d in self.pending.drain(..) {
+                    all.extend_from_slice(&d);
+                }
+                all.freeze()
+            }
+        };
+        self.write_body(session, ctx, data).await
     }
 
     fn on_stderr(&mut self, ctx: &mut ReqCtx, data: &[u8]) {
@@ -746,6 +850,7 @@ impl Exchange<'_> {
         let _ = h.insert_header(http::header::SERVER, "why502");
         self.p.decorate_response(ctx, &mut h);
         ctx.summary.status = status;
+        self.cork.engage(session);
         if session
             .write_response_header(Box::new(h), false)
             .await
@@ -776,6 +881,7 @@ impl Exchange<'_> {
         }
         if !data.is_empty() {
             self.body_sent += data.len() as u64;
+            self.cork.engage(session);
             if session
                 .write_response_body(Some(data), false)
                 .await
