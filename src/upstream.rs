@@ -234,11 +234,16 @@ struct ServerState {
     last_failure: Option<String>,
 }
 
+/// How long an idle upstream connection is kept (nginx's upstream
+/// `keepalive_timeout` default).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Run-time state of one upstream: selection and idle connections.
 pub struct UpstreamState {
     pub config: std::sync::Arc<Upstream>,
     state: Mutex<Vec<ServerState>>,
-    idle: Vec<Mutex<Vec<Conn>>>,
+    /// Idle FastCGI connections with the time they became idle.
+    idle: Vec<Mutex<Vec<(Conn, Instant)>>>,
     /// Idle plain-HTTP keep-alive connections (HTTP upstreams), with the time
     /// they became idle.
     http_idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
@@ -353,8 +358,8 @@ impl UpstreamState {
     pub fn take_idle(&self, i: usize) -> Option<Conn> {
         let pool = self.idle.get(i)?;
         loop {
-            let c = pool.lock().ok()?.pop()?;
-            if c.is_idle_alive() {
+            let (c, since) = pool.lock().ok()?.pop()?;
+            if since.elapsed() < self.config.keepalive_timeout && c.is_idle_alive() {
                 return Some(c);
             }
         }
@@ -365,10 +370,29 @@ impl UpstreamState {
         if let Some(pool) = self.idle.get(i) {
             if let Ok(mut p) = pool.lock() {
                 if p.len() < self.config.keepalive.max(1) {
-                    p.push(c);
+                    p.push((c, Instant::now()));
                 }
             }
         }
+    }
+
+    /// Closes FastCGI connections idle for longer than the upstream's
+    /// `keepalive_timeout` (default [`IDLE_TIMEOUT`]): an idle
+    /// connection holds a PHP-FPM worker, so it must not be kept forever.
+    pub fn expire_idle(&self) {
+        for pool in &self.idle {
+            if let Ok(mut p) = pool.lock() {
+                p.retain(|(_, since)| since.elapsed() < self.config.keepalive_timeout);
+            }
+        }
+    }
+
+    /// Idle FastCGI connections currently pooled (all servers).
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .iter()
+            .filter_map(|p| p.lock().ok().map(|p| p.len()))
+            .sum()
     }
 }
 
@@ -425,6 +449,7 @@ mod tests {
                 })
                 .collect(),
             keepalive: 2,
+            keepalive_timeout: crate::upstream::IDLE_TIMEOUT,
         }))
     }
 

@@ -549,6 +549,8 @@ pub struct Upstream {
     pub servers: Vec<UpstreamServer>,
     /// Idle connections kept per worker (nginx `keepalive N`); 0 = none.
     pub keepalive: usize,
+    /// How long an idle connection is kept (nginx upstream `keepalive_timeout`, 60s).
+    pub keepalive_timeout: Duration,
 }
 
 impl Upstream {
@@ -558,6 +560,7 @@ impl Upstream {
             name: addr.to_string(),
             servers: vec![UpstreamServer::new(addr)],
             keepalive: 32,
+            keepalive_timeout: crate::upstream::IDLE_TIMEOUT,
         }
     }
 }

@@ -257,6 +257,7 @@ struct UpstreamFile {
     servers: Vec<UpstreamServerFile>,
     #[serde(default)]
     keepalive: Option<usize>,
+    keepalive_timeout: Option<Dur>,
 }
 
 #[derive(Deserialize)]
@@ -715,6 +716,10 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
                 name: uname,
                 servers,
                 keepalive: u.keepalive.unwrap_or(32),
+                keepalive_timeout: u
+                    .keepalive_timeout
+                    .map(|t| t.0)
+                    .unwrap_or(crate::upstream::IDLE_TIMEOUT),
             }),
         );
     }

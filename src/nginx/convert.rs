@@ -651,6 +651,7 @@ impl Cv {
         }
         let mut servers = Vec::new();
         let mut keepalive = 0usize;
+        let mut keepalive_timeout = crate::upstream::IDLE_TIMEOUT;
         for c in d.children() {
             match c.name.as_str() {
                 "server" => {
@@ -700,8 +701,15 @@ impl Cv {
                         .and_then(|v| v.parse().ok())
                         .ok_or_else(|| err(c, "takes a number"))?;
                 }
-                "keepalive_timeout" | "keepalive_requests" | "keepalive_time" | "zone"
-                | "least_conn" | "ip_hash" | "hash" | "random" => {
+                "keepalive_timeout" => {
+                    self.nargs(c, 1, 1)?;
+                    keepalive_timeout = c
+                        .arg(0)
+                        .and_then(|v| crate::config::units::parse_duration(v).ok())
+                        .ok_or_else(|| err(c, "takes a time (e.g. 60s)"))?;
+                }
+                "keepalive_requests" | "keepalive_time" | "zone" | "least_conn" | "ip_hash"
+                | "hash" | "random" => {
                     self.warn(c, "ignored (why502 balances round-robin by weight)")
                 }
                 _ => return Err(self.unknown(c, "upstream")),
@@ -716,6 +724,7 @@ impl Cv {
                 name,
                 servers,
                 keepalive,
+                keepalive_timeout,
             }),
         );
         Ok(())
@@ -1302,6 +1311,7 @@ impl Cv {
                             let addr = Addr::parse(a0).map_err(|e| err(c, e))?;
                             Arc::new(Upstream {
                                 keepalive: 0,
+                                keepalive_timeout: crate::upstream::IDLE_TIMEOUT,
                                 ..Upstream::single(addr)
                             })
                         }
@@ -1515,6 +1525,7 @@ impl Cv {
             Arc::new(Upstream {
                 name: auth,
                 keepalive: 0,
+                keepalive_timeout: crate::upstream::IDLE_TIMEOUT,
                 ..Upstream::single(addr)
             }),
             tls,

@@ -399,6 +399,13 @@ fn upstream(o: &mut String, name: &str, u: &Upstream) {
         }
     }
     let _ = writeln!(o, "    keepalive: {}", u.keepalive);
+    if u.keepalive_timeout != crate::upstream::IDLE_TIMEOUT {
+        let _ = writeln!(
+            o,
+            "    keepalive_timeout: {}ms",
+            u.keepalive_timeout.as_millis()
+        );
+    }
 }
 
 fn server(out: &mut Out, s: &Server) {
@@ -919,7 +926,7 @@ http {
         server 127.0.0.1:9000 backup;
         keepalive 8;
     }
-    upstream app { server 127.0.0.1:3000; keepalive 4; }
+    upstream app { server 127.0.0.1:3000; keepalive 4; keepalive_timeout 5s; }
     server {
         listen 127.0.0.1:8080 default_server;
         listen [::1]:8081;

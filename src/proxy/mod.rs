@@ -74,6 +74,19 @@ impl Runtime {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
+        // Idle FastCGI connections hold PHP-FPM workers: close them after
+        // IDLE_TIMEOUT even when no request comes to take them.
+        let pools: Vec<Arc<UpstreamState>> = upstreams.values().cloned().collect();
+        if !pools.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("why502-idle-sweep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    for p in &pools {
+                        p.expire_idle();
+                    }
+                });
+        }
         Ok(Runtime {
             config,
             upstreams,

@@ -261,3 +261,45 @@ fn stale_kept_alive_connection_is_retried_once_for_a_get() {
     assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
     assert!(!p.error_log().contains("cause:"), "{}", p.logs());
 }
+
+#[test]
+fn idle_keep_conn_connections_expire_and_release_the_php_worker() {
+    // A one-worker pool: while proxy A keeps its idle FastCGI connection, the
+    // worker waits on it and proxy B cannot be served. After A's upstream
+    // keepalive_timeout the idle connection is closed and B gets through.
+    let dir = support::temp_dir();
+    let mut one = pool("one");
+    one.max_children = 1;
+    let fpm = fpm(dir.path(), vec![one]);
+    let top = format!(
+        "upstreams:\n  php:\n    servers: [\"{}\"]\n    keepalive: 4\n    keepalive_timeout: 1s",
+        fpm_addr(&fpm, "one")
+    );
+    let a = Proxy::yaml(
+        dir.path(),
+        &php_yaml(&www(), "php", "keep_conn: true", "", &top),
+    );
+    assert_eq!(a.get("/hello.php").status, 200);
+
+    let dir_b = support::temp_dir();
+    let b = Proxy::flags(
+        dir_b.path(),
+        &[
+            "--fastcgi",
+            &fpm_addr(&fpm, "one"),
+            "--root",
+            &www(),
+            "--read-timeout",
+            "10s",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let t0 = Instant::now();
+    let r = b.get("/hello.php");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the worker was still held by an idle connection ({:?})",
+        t0.elapsed()
+    );
+}
