@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 use bytes::BytesMut;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::{Read, Seek};
 
 use super::{Abort, ReqCtx, Why502};
 
@@ -81,7 +81,10 @@ pub async fn serve(
     if !get_or_head && method != http::Method::POST {
         return Ok(Some(405));
     }
-    let meta = match tokio::fs::metadata(path).await {
+    // Plain blocking file calls, as nginx makes without `aio`: static files
+    // are normally in the page cache, and tokio::fs would hop to the blocking
+    // thread pool three or four times per request (4x the CPU, measured).
+    let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(Some(403)),
         Err(_) => return Ok(Some(404)),
@@ -104,7 +107,7 @@ pub async fn serve(
     if !get_or_head {
         return Ok(Some(405));
     }
-    let mut file = match tokio::fs::File::open(path).await {
+    let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(Some(403)),
         Err(_) => return Ok(Some(404)),
@@ -194,17 +197,18 @@ pub async fn serve(
             .map(|_| None)
             .map_err(|_| Abort);
     }
-    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).is_err() {
         return Err(Abort);
     }
     let mut left = count;
     while left > 0 {
         let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
-        let mut buf = BytesMut::with_capacity(want);
-        let n = match (&mut file).take(want as u64).read_buf(&mut buf).await {
+        let mut buf = BytesMut::zeroed(want);
+        let n = match file.read(&mut buf) {
             Ok(0) | Err(_) => return Err(Abort), // file shrank: the client sees a short body
             Ok(n) => n,
         };
+        buf.truncate(n);
         left -= n as u64;
         ctx.summary.bytes_sent += n as u64;
         session
