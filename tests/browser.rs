@@ -21,7 +21,11 @@ impl Drop for Demo {
 }
 
 fn chromium() -> PathBuf {
-    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {
+    for c in [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ] {
         if std::path::Path::new(c).exists() {
             return PathBuf::from(c);
         }
@@ -30,9 +34,15 @@ fn chromium() -> PathBuf {
 }
 
 fn start_demo() -> Demo {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let addr = format!("127.0.0.1:{port}");
-    let dir = tempfile::Builder::new().prefix("w502b").tempdir_in("/tmp").expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("w502b")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
     let child = Command::new(env!("CARGO_BIN_EXE_why502"))
         .args(["demo", "--listen", &addr, "--dir"])
         .arg(dir.path())
@@ -40,13 +50,21 @@ fn start_demo() -> Demo {
         .stderr(Stdio::null())
         .spawn()
         .expect("start why502 demo");
-    let mut demo = Demo { child, addr, _dir: dir };
+    let mut demo = Demo {
+        child,
+        addr,
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(&demo.addr).is_err() {
         if let Ok(Some(status)) = demo.child.try_wait() {
             panic!("why502 demo exited early ({status}): is PHP-FPM installed? run tests/setup.sh");
         }
-        assert!(Instant::now() < deadline, "why502 demo did not listen on {}", demo.addr);
+        assert!(
+            Instant::now() < deadline,
+            "why502 demo did not listen on {}",
+            demo.addr
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     demo
@@ -91,9 +109,15 @@ fn gallery_shows_each_failure_with_its_cause_in_a_browser() {
         ("/headers.php?n=2000", "header.too_big"),
     ] {
         let dom = dump_dom(&format!("http://{}{path}", demo.addr));
-        assert!(dom.contains(&format!("<code id=\"cause\">{cause}</code>")), "{path}: {dom}");
+        assert!(
+            dom.contains(&format!("<code id=\"cause\">{cause}</code>")),
+            "{path}: {dom}"
+        );
         assert!(dom.contains("id=\"hint\""), "{path}: no hint shown");
-        assert!(dom.contains("id=\"request-id\""), "{path}: no request id shown");
+        assert!(
+            dom.contains("id=\"request-id\""),
+            "{path}: no request id shown"
+        );
     }
     // The socket-missing page names the socket that does exist (the PHP upgrade story).
     let dom = dump_dom(&format!("http://{}/connect/socket-missing", demo.addr));

@@ -11,7 +11,8 @@ fn root() -> &'static Path {
 #[test]
 fn causes_doc_matches_the_table() {
     let doc = std::fs::read_to_string(root().join("docs/causes.md")).expect("docs/causes.md");
-    let begin = doc.find("<!-- causes:begin -->\n").expect("begin marker") + "<!-- causes:begin -->\n".len();
+    let begin = doc.find("<!-- causes:begin -->\n").expect("begin marker")
+        + "<!-- causes:begin -->\n".len();
     let end = doc.find("<!-- causes:end -->").expect("end marker");
     let table = why502::cli::causes_table(true);
     assert!(
@@ -25,7 +26,12 @@ fn every_cause_is_documented_once() {
     let doc = std::fs::read_to_string(root().join("docs/causes.md")).expect("docs/causes.md");
     for c in why502::cause::Cause::ALL {
         let needle = format!("| `{}` |", c.code());
-        assert_eq!(doc.matches(&needle).count(), 1, "{} in docs/causes.md", c.code());
+        assert_eq!(
+            doc.matches(&needle).count(),
+            1,
+            "{} in docs/causes.md",
+            c.code()
+        );
     }
 }
 
