@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cause::Cause;
 use crate::config::units::{parse_duration, parse_size};
-use crate::config::{self, Addr, Config, FastCgi, Listen, Server, Upstream};
+use crate::config::{self, Addr, Config, FastCgi, Upstream};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,31 +147,13 @@ pub fn quick_config(q: &Quick) -> Result<Config, String> {
         file: "<command line>".into(),
         line: 0,
     };
-    Ok(Config {
-        source: "<command line>".into(),
-        servers: vec![Server {
-            listen: vec![Listen {
-                addr,
-                default_server: true,
-                tls: None,
-                http2: false,
-            }],
-            names: Vec::new(),
-            root,
-            index: vec!["index.php".into(), "index.html".into()],
-            locations: config::php_site_locations(fc, &origin),
-            client_max_body_size: 1 << 20,
-            client_body_timeout: std::time::Duration::from_secs(60),
-            origin,
-            rewrites: Vec::new(),
-            base: None,
-            absolute_redirect: false,
-        }],
-        diagnostics: config::Diagnostics::default(),
-        logging: config::Logging::default(),
-        threads: 0,
-        warnings: Vec::new(),
-    })
+    let locations = config::php_site_locations(fc, &origin);
+    Ok(Config::single_server(
+        "<command line>",
+        addr,
+        root,
+        locations,
+    ))
 }
 
 /// Loads the configuration named by the flags.

@@ -70,6 +70,48 @@ pub struct Config {
     pub warnings: Vec<ConfigError>,
 }
 
+impl Config {
+    /// One server on one address with nginx's defaults (index.php then
+    /// index.html, client_max_body_size 1m, client_body_timeout 60s), for the
+    /// one-liner and the demo.
+    pub fn single_server(
+        source: &str,
+        addr: SocketAddr,
+        root: PathBuf,
+        locations: Vec<Location>,
+    ) -> Config {
+        let origin = Origin {
+            file: source.to_string(),
+            line: 0,
+        };
+        Config {
+            source: source.to_string(),
+            servers: vec![Server {
+                listen: vec![Listen {
+                    addr,
+                    default_server: true,
+                    tls: None,
+                    http2: false,
+                }],
+                names: Vec::new(),
+                root,
+                index: vec!["index.php".into(), "index.html".into()],
+                locations,
+                client_max_body_size: 1 << 20,
+                client_body_timeout: Duration::from_secs(60),
+                origin,
+                rewrites: Vec::new(),
+                base: None,
+                absolute_redirect: false,
+            }],
+            diagnostics: Diagnostics::default(),
+            logging: Logging::default(),
+            threads: 0,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Where logs go. `None` = standard error.
 #[derive(Debug, Clone, Default)]
 pub struct Logging {

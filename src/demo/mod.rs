@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{
-    self, Addr, Config, FastCgi, Listen, Location, Match, Return, Server, Template, Upstream,
-};
+use crate::config::{self, Addr, Config, FastCgi, Location, Match, Return, Template, Upstream};
 use crate::fake_fcgi::FakeFcgi;
 use crate::fpm::{self, Fpm, PoolSpec};
 
@@ -125,31 +123,12 @@ pub fn config(listen: &str, www: &Path, u: &Upstreams) -> Result<Config, String>
     ]);
     // The .php regex goes last: nginx checks regexes in order, after prefixes.
     locations.extend(php);
-    Ok(Config {
-        source: "<demo>".into(),
-        servers: vec![Server {
-            listen: vec![Listen {
-                addr,
-                default_server: true,
-                tls: None,
-                http2: false,
-            }],
-            names: Vec::new(),
-            root: www.to_path_buf(),
-            index: vec!["index.php".into()],
-            locations,
-            client_max_body_size: 64 << 20,
-            client_body_timeout: Duration::from_secs(30),
-            origin,
-            rewrites: Vec::new(),
-            base: None,
-            absolute_redirect: false,
-        }],
-        diagnostics: config::Diagnostics::default(),
-        logging: config::Logging::default(),
-        threads: 2,
-        warnings: Vec::new(),
-    })
+    let mut cfg = Config::single_server("<demo>", addr, www.to_path_buf(), locations);
+    cfg.servers[0].index = vec!["index.php".into()];
+    cfg.servers[0].client_max_body_size = 64 << 20;
+    cfg.servers[0].client_body_timeout = Duration::from_secs(30);
+    cfg.threads = 2;
+    Ok(cfg)
 }
 
 /// A TCP listener whose accept queue is full: further connects hang (SYNs
