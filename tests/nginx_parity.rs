@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use why502::fpm::{Fpm, Listen, PoolSpec};
 
@@ -198,39 +198,9 @@ fn nginx_and_why502_agree() {
     write(&dir.join("nginx.conf"), &conf_for(nport));
     write(&dir.join("why502.conf"), &conf_for(wport));
 
-    let nlog = dir.join("nginx-error.log");
-    let _nginx = Proc::spawn(
-        "nginx",
-        Command::new(&nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-g")
-            .arg(format!(
-                "daemon off; pid {}; error_log {};",
-                dir.join("nginx.pid").display(),
-                nlog.display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let wlog = dir.join("why502-error.log");
-    let wout = std::fs::File::create(dir.join("why502.out")).expect("out");
-    let _why = Proc::spawn(
-        "why502",
-        Command::new(env!("CARGO_BIN_EXE_why502"))
-            .arg("--nginx-conf")
-            .arg(dir.join("why502.conf"))
-            .arg("--error-log")
-            .arg(&wlog)
-            .arg("--events")
-            .arg(dir.join("why502-events.log"))
-            .arg("--threads")
-            .arg("2")
-            .stdout(Stdio::null())
-            .stderr(wout),
-    );
+    let (_nginx, nlog) = start_nginx(&nginx, &dir);
+    let conf = dir.join("why502.conf");
+    let (_why, _wlog) = start_why502(&dir, "why502", &["--nginx-conf".as_ref(), conf.as_os_str()]);
     // The third server: why502 on the YAML `why502 convert` makes of the
     // same nginx.conf must answer exactly like `--nginx-conf`.
     let yport = free_port();
@@ -248,20 +218,10 @@ fn nginx_and_why502_agree() {
     );
     let yaml_path = dir.join("why502.yaml");
     std::fs::write(&yaml_path, &converted.stdout).expect("write yaml");
-    let yout = std::fs::File::create(dir.join("why502-yaml.out")).expect("out");
-    let _why_yaml = Proc::spawn(
-        "why502 --config",
-        Command::new(env!("CARGO_BIN_EXE_why502"))
-            .arg("--config")
-            .arg(&yaml_path)
-            .arg("--error-log")
-            .arg(dir.join("why502-yaml-error.log"))
-            .arg("--events")
-            .arg(dir.join("why502-yaml-events.log"))
-            .arg("--threads")
-            .arg("2")
-            .stdout(Stdio::null())
-            .stderr(yout),
+    let (_why_yaml, _) = start_why502(
+        &dir,
+        "why502-yaml",
+        &["--config".as_ref(), yaml_path.as_os_str()],
     );
     wait_port(nport, "nginx", &nlog);
     wait_port(wport, "why502", &dir.join("why502.out"));

@@ -17,7 +17,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -435,39 +434,9 @@ fn nginx_and_why502_proxy_alike() {
     std::fs::write(dir.join("nginx.conf"), conf_for(nport)).expect("write");
     std::fs::write(dir.join("why502.conf"), conf_for(wport)).expect("write");
 
-    let nlog = dir.join("nginx-error.log");
-    let _nginx = Proc::spawn(
-        "nginx",
-        Command::new(&nginx)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-g")
-            .arg(format!(
-                "daemon off; pid {}; error_log {};",
-                dir.join("nginx.pid").display(),
-                nlog.display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let wlog = dir.join("why502-error.log");
-    let wout = std::fs::File::create(dir.join("why502.out")).expect("out");
-    let _why = Proc::spawn(
-        "why502",
-        Command::new(env!("CARGO_BIN_EXE_why502"))
-            .arg("--nginx-conf")
-            .arg(dir.join("why502.conf"))
-            .arg("--error-log")
-            .arg(&wlog)
-            .arg("--events")
-            .arg(dir.join("why502-events.log"))
-            .arg("--threads")
-            .arg("2")
-            .stdout(Stdio::null())
-            .stderr(wout),
-    );
+    let (_nginx, nlog) = start_nginx(&nginx, &dir);
+    let conf = dir.join("why502.conf");
+    let (_why, wlog) = start_why502(&dir, "why502", &["--nginx-conf".as_ref(), conf.as_os_str()]);
     wait_port(nport, "nginx", &nlog);
     wait_port(wport, "why502", &dir.join("why502.out"));
 

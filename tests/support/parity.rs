@@ -177,3 +177,48 @@ pub fn send(port: u16, raw: &str) -> Resp {
         body,
     }
 }
+
+/// Starts nginx on `dir/nginx.conf` (prefix `dir`, in the foreground);
+/// returns the process and its error log.
+pub fn start_nginx(nginx: &Path, dir: &Path) -> (Proc, PathBuf) {
+    let log = dir.join("nginx-error.log");
+    let p = Proc::spawn(
+        "nginx",
+        Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-g")
+            .arg(format!(
+                "daemon off; pid {}; error_log {};",
+                dir.join("nginx.pid").display(),
+                log.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    (p, log)
+}
+
+/// Starts why502 with `args` (e.g. `--nginx-conf FILE`), logging into
+/// `dir/<name>-error.log`, `dir/<name>-events.log`, `dir/<name>.out`;
+/// returns the process and its error log.
+pub fn start_why502(dir: &Path, name: &str, args: &[&std::ffi::OsStr]) -> (Proc, PathBuf) {
+    let log = dir.join(format!("{name}-error.log"));
+    let out = std::fs::File::create(dir.join(format!("{name}.out"))).expect("out");
+    let p = Proc::spawn(
+        name,
+        Command::new(env!("CARGO_BIN_EXE_why502"))
+            .args(args)
+            .arg("--error-log")
+            .arg(&log)
+            .arg("--events")
+            .arg(dir.join(format!("{name}-events.log")))
+            .arg("--threads")
+            .arg("2")
+            .stdout(Stdio::null())
+            .stderr(out),
+    );
+    (p, log)
+}
