@@ -46,6 +46,13 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
     }
     let mut name = Vec::with_capacity(64);
     let mut joined = Vec::new();
+    // Only configured `HTTP_*` params can suppress a header (usually none).
+    let configured: Vec<&[u8]> = fc
+        .params
+        .iter()
+        .map(|p| p.name.as_bytes())
+        .filter(|n| n.starts_with(b"HTTP_"))
+        .collect();
     for key in req.headers.keys() {
         let k = key.as_str();
         // underscores_in_headers off: names outside [A-Za-z0-9-] are dropped.
@@ -66,7 +73,7 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
             continue;
         }
         // A configured param of the same name suppresses the header.
-        if fc.params.iter().any(|p| p.name.as_bytes() == &name[..]) {
+        if configured.contains(&&name[..]) {
             continue;
         }
         let mut values = req.headers.get_all(key).iter();
