@@ -47,9 +47,6 @@ use crate::upstream::{self, Pick, UpstreamState};
 
 use super::{ReqCtx, Why502};
 
-/// How long an idle keep-alive connection is kept (nginx's upstream
-/// `keepalive_timeout` default).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Raw response bytes kept per request to check the header section.
 const TAP_KEEP: usize = 64 * 1024;
 /// Bound on the diagnostic TLS probe (plain HTTP sent to a TLS port).
@@ -470,7 +467,7 @@ fn configure_peer(peer: &mut HttpPeer, st: &HttpState, i: usize, fresh: bool) ->
     o.connection_timeout = Some(hp.connect_timeout);
     o.read_timeout = Some(hp.read_timeout);
     o.write_timeout = Some(hp.send_timeout);
-    o.idle_timeout = Some(KEEPALIVE_TIMEOUT);
+    o.idle_timeout = Some(hp.upstream.keepalive_timeout);
     // Verified after the handshake like nginx does, so that the verify code
     // (expired, self-signed...) can be reported.
     o.verify_cert = false;
@@ -730,7 +727,10 @@ impl L4Connect for Connector {
         match addr {
             L4Addr::Inet(sa) => {
                 if self.tap && self.allow_reuse {
-                    if let Some(s) = self.up.take_idle_http(self.server, KEEPALIVE_TIMEOUT) {
+                    if let Some(s) = self
+                        .up
+                        .take_idle_http(self.server, self.up.config.keepalive_timeout)
+                    {
                         let tap = Arc::new(Tap::new(true));
                         self.record(|sl| {
                             sl.tcp_connected = true;
