@@ -247,6 +247,21 @@ causes! {
         nginx: "upstream sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time",
         explanation: "The upstream's response has both Content-Length and Transfer-Encoding: its length is ambiguous, so why502 refuses it (a response-splitting / smuggling vector).",
         hint: "Fix the application or the layer that adds the second header (a framework adding Content-Length to a streamed response, or a middleware chunking a response that already has a length)." },
+    /// HTTP/2: RST_STREAM (or GOAWAY with an error) before the response header.
+    HeaderStreamReset => { code: "header.stream_reset", phase: Header, status: 502, proxy_status: "connection_terminated",
+        nginx: "upstream rejected request with error 2",
+        explanation: "The HTTP/2 upstream reset the request's stream (RST_STREAM), or shut the connection down (GOAWAY), before sending the response header; the details name the HTTP/2 error code.",
+        hint: "The backend refused or cancelled the request: look for it in the backend's log. INTERNAL_ERROR (2) usually means the handler failed; REFUSED_STREAM (7) or ENHANCE_YOUR_CALM (11) that it limits concurrent streams or is overloaded; a GOAWAY that it is shutting down or restarting." },
+    /// HTTP/2: a response header block HTTP/2 forbids (Transfer-Encoding...), or broken framing.
+    HeaderInvalidH2 => { code: "header.invalid_h2", phase: Header, status: 502, proxy_status: "http_protocol_error",
+        nginx: "upstream sent invalid header",
+        explanation: "The HTTP/2 upstream sent a response HTTP/2 forbids: a connection-specific header field (Transfer-Encoding, Connection, Keep-Alive, Upgrade, Proxy-Connection), TE other than `trailers`, misplaced pseudo-headers, or frames that break the protocol; why502 refused it.",
+        hint: "The backend (or a middleware) copies HTTP/1 framing headers such as `Transfer-Encoding: chunked` or `Connection: keep-alive` into its HTTP/2 responses: remove them, or talk HTTP/1.1 to this backend (h2: false)." },
+    /// HTTP/2 with prior knowledge (h2c) answered in HTTP/1.
+    HeaderHttp1Upstream => { code: "header.http1_upstream", phase: Header, status: 502, proxy_status: "http_protocol_error",
+        nginx: "upstream sent an HTTP/1 response to an HTTP/2 request",
+        explanation: "why502 spoke HTTP/2 with prior knowledge (h2c: `h2: true` on an http:// backend) but the upstream answered in HTTP/1: it does not speak h2c on this port.",
+        hint: "Set h2: false for this backend, or enable h2c on it (nginx: `listen PORT http2`; Go: h2c.NewHandler; Node.js: http2.createServer), or use https:// where HTTP/2 is negotiated by ALPN." },
     /// A request that is not safe to retry hit a keep-alive connection the upstream had closed.
     HeaderStaleKeepalive => { code: "header.stale_keepalive", phase: Header, status: 502, proxy_status: "connection_terminated",
         nginx: "upstream prematurely closed connection",
@@ -335,6 +350,11 @@ causes! {
         nginx: "readv() failed (104: Connection reset by peer)",
         explanation: "The upstream reset the connection in the middle of the response body; the client's response was aborted.",
         hint: "The worker was killed mid-response; check the PHP-FPM log for 'exited on signal' or 'execution timed out'." },
+    /// HTTP/2: RST_STREAM (or GOAWAY with an error) in the middle of the body.
+    BodyStreamReset => { code: "body.stream_reset", phase: Body, status: 502, proxy_status: "http_response_incomplete",
+        nginx: "upstream rejected request with error 2",
+        explanation: "The HTTP/2 upstream reset the response's stream (RST_STREAM), or shut the connection down (GOAWAY), in the middle of the body; the client's response was aborted.",
+        hint: "The handler failed while streaming (an exception after the first bytes, a timeout inside the backend, a cancelled call upstream of it): look for the request in the backend's log; the HTTP/2 error code is in the details." },
     BodyTimeout => { code: "body.timeout", phase: Body, status: 504, proxy_status: "connection_read_timeout",
         nginx: "upstream timed out (110: Connection timed out)",
         explanation: "The upstream stopped sending the response body for longer than the read timeout; the client's response was aborted.",
@@ -435,7 +455,14 @@ mod tests {
             let code = c.code();
             assert!(seen.insert(code), "duplicate code {code}");
             let (phase, name) = code.split_once('.').expect("code has a dot");
-            assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            // Lower case, `_`, and digits after the first letter (`invalid_h2`).
+            assert!(
+                name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{code}"
+            );
             assert!([
                 "connect", "tls", "send", "header", "framing", "body", "app", "client", "proxy"
             ]
