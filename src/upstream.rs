@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use pingora_core::tls::tokio_ssl::SslStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -36,17 +37,91 @@ impl Conn {
     /// True if the idle connection is still open and has no unread data
     /// (a peer that closed an idle keep-alive connection shows EOF here).
     pub fn is_idle_alive(&self) -> bool {
-        let mut b = [0u8; 1];
-        // SAFETY: recv on a valid fd into a 1-byte stack buffer.
-        let n = unsafe {
-            libc::recv(
-                self.raw_fd(),
-                b.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+        fd_idle_alive(self.raw_fd())
+    }
+}
+
+/// True if the socket `fd` is open and has no unread data.
+fn fd_idle_alive(fd: i32) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: recv on a valid fd into a 1-byte stack buffer.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
+
+/// A connection to an HTTP upstream as the HTTP gateway holds it: plain or
+/// TLS (the gateway's own TLS, for HTTP/1.1), over TCP or a unix socket.
+#[derive(Debug)]
+pub enum HttpWire {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    TlsTcp(Box<SslStream<TcpStream>>),
+    TlsUnix(Box<SslStream<UnixStream>>),
+}
+
+impl HttpWire {
+    fn fd(&self) -> i32 {
+        match self {
+            HttpWire::Tcp(s) => s.as_raw_fd(),
+            HttpWire::Unix(s) => s.as_raw_fd(),
+            HttpWire::TlsTcp(s) => s.get_ref().as_raw_fd(),
+            HttpWire::TlsUnix(s) => s.get_ref().as_raw_fd(),
+        }
+    }
+
+    /// The TCP socket under the connection, if any.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            HttpWire::Tcp(s) => Some(s),
+            HttpWire::TlsTcp(s) => Some(s.get_ref()),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! wire_dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            HttpWire::Tcp($s) => $e,
+            HttpWire::Unix($s) => $e,
+            HttpWire::TlsTcp($s) => $e,
+            HttpWire::TlsUnix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for HttpWire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        wire_dispatch!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for HttpWire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        wire_dispatch!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        wire_dispatch!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        wire_dispatch!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 
@@ -244,9 +319,10 @@ pub struct UpstreamState {
     state: Mutex<Vec<ServerState>>,
     /// Idle FastCGI connections with the time they became idle.
     idle: Vec<Mutex<Vec<(Conn, Instant)>>>,
-    /// Idle plain-HTTP keep-alive connections (HTTP upstreams), with the time
-    /// they became idle.
-    http_idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
+    /// Idle HTTP/1.1 keep-alive connections (HTTP upstreams), with the key of
+    /// the settings they were opened with (0 for plain HTTP, one per location
+    /// for TLS: CA, name) and the time they became idle.
+    http_idle: Vec<Mutex<Vec<(u64, HttpWire, Instant)>>>,
 }
 
 /// The outcome of picking a server.
@@ -397,33 +473,30 @@ impl UpstreamState {
 }
 
 impl UpstreamState {
-    /// Takes a live idle HTTP keep-alive connection to server `i` that has
-    /// been idle for less than `max_idle`, if any.
-    pub fn take_idle_http(&self, i: usize, max_idle: Duration) -> Option<TcpStream> {
-        let pool = self.http_idle.get(i)?;
-        loop {
-            let (s, since) = pool.lock().ok()?.pop()?;
-            let c = Conn::Tcp(s);
-            if since.elapsed() < max_idle && c.is_idle_alive() {
-                return match c {
-                    Conn::Tcp(s) => Some(s),
-                    Conn::Unix(_) => None,
-                };
+    /// Takes a live idle HTTP keep-alive connection to server `i`, opened
+    /// with settings `key`, that has been idle for less than `max_idle`.
+    pub fn take_idle_http(&self, i: usize, key: u64, max_idle: Duration) -> Option<HttpWire> {
+        let mut p = self.http_idle.get(i)?.lock().ok()?;
+        while let Some(pos) = p.iter().rposition(|(k, _, _)| *k == key) {
+            let (_, w, since) = p.remove(pos);
+            if since.elapsed() < max_idle && fd_idle_alive(w.fd()) {
+                return Some(w);
             }
         }
+        None
     }
 
     /// Returns an HTTP keep-alive connection to server `i`'s idle pool
     /// (dropped if the pool is full or keep-alive is off for the upstream).
-    pub fn put_idle_http(&self, i: usize, s: TcpStream) {
+    pub fn put_idle_http(&self, i: usize, key: u64, w: HttpWire) {
         if self.config.keepalive == 0 {
             return;
         }
-        if let Some(pool) = self.http_idle.get(i) {
-            if let Ok(mut p) = pool.lock() {
-                if p.len() < self.config.keepalive {
-                    p.push((s, Instant::now()));
-                }
+        if let Some(Ok(mut p)) = self.http_idle.get(i).map(|p| p.lock()) {
+            let max_idle = self.config.keepalive_timeout;
+            p.retain(|(_, _, since)| since.elapsed() < max_idle);
+            if p.len() < self.config.keepalive {
+                p.push((key, w, Instant::now()));
             }
         }
     }

@@ -6,13 +6,24 @@
 //!
 //! Connections are opened by [`Connector`] (a Pingora custom L4 connector) so
 //! that connect errors keep their errno and the TCP connect is told apart from
-//! the TLS handshake. Plain HTTP/1 connections are wrapped in a [`TapStream`]
-//! that keeps the raw response header bytes: Pingora silently drops
+//! the TLS handshake. HTTP/1 connections are wrapped in a [`TapStream`] that
+//! keeps the raw response header bytes: Pingora silently drops
 //! `Content-Length` when `Transfer-Encoding` is also present, and why502 must
-//! refuse such responses. Tapped connections are virtual sockets, which
-//! Pingora's pool cannot reuse, so they are pooled here (in
-//! [`UpstreamState`]): a tapped connection goes back to that pool when it is
-//! dropped after a complete response that Pingora itself judged reusable.
+//! refuse such responses. For HTTP/1 over TLS the connector does the TLS
+//! handshake itself (Pingora sees a plain stream) so that the tap sits above
+//! TLS and reads the same bytes as for plain HTTP. Tapped connections are
+//! virtual sockets, which Pingora's pool cannot reuse, so they are pooled here
+//! (in [`UpstreamState`]): a tapped connection goes back to that pool when it
+//! is dropped after a complete response that Pingora itself judged reusable.
+//!
+//! HTTP/2 (`h2: true`) is Pingora's: h2c with prior knowledge on `http://`
+//! backends, ALPN (h2, then http/1.1) with Pingora's TLS on `https://` ones.
+//! A TLS backend that answers the h2 offer with HTTP/1.1 is remembered (per
+//! location and server, for [`H1_FALLBACK_TTL`]) and the request is retried
+//! at once over the connector's own TLS with the tap. HTTP/2 responses need
+//! no tap: the `h2` crate refuses the framing headers HTTP/2 forbids
+//! (`Transfer-Encoding`, `Connection`, ...), and its errors (RST_STREAM,
+//! GOAWAY, malformed headers, a closed connection) are mapped onto causes.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -30,7 +41,9 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora_core::protocols::tls::HandshakeCompleteHook;
 use pingora_core::protocols::Digest;
-use pingora_core::tls::ssl::SslRef;
+use pingora_core::tls::ssl::{SslConnector, SslMethod, SslRef, SslVerifyMode};
+use pingora_core::tls::tokio_ssl::SslStream;
+use pingora_core::tls::x509::store::X509StoreBuilder;
 use pingora_core::tls::x509::X509;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -43,14 +56,21 @@ use crate::cause::Cause;
 use crate::config::template::Vars;
 use crate::config::{Addr, HttpProxy, Location, Match, Var};
 use crate::report::{self, Failure};
-use crate::upstream::{self, Pick, UpstreamState};
+use crate::upstream::{self, HttpWire, Pick, UpstreamState};
 
 use super::{ReqCtx, Why502};
 
 /// Raw response bytes kept per request to check the header section.
 const TAP_KEEP: usize = 64 * 1024;
-/// Bound on the diagnostic TLS probe (plain HTTP sent to a TLS port).
+/// Bound on the diagnostic probes (plain HTTP sent to a TLS port, h2c to a
+/// server that does not speak it).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a TLS server that answered an h2 offer with HTTP/1.1 is talked
+/// to over HTTP/1.1 before h2 is offered again.
+pub const H1_FALLBACK_TTL: Duration = Duration::from_secs(300);
+/// Concurrent requests per HTTP/2 connection (the server's own
+/// SETTINGS_MAX_CONCURRENT_STREAMS lowers it).
+const H2_STREAMS: usize = 100;
 
 // ---- per request --------------------------------------------------------
 
@@ -104,6 +124,13 @@ pub struct HttpState {
     slot: Arc<Mutex<Slot>>,
     tap: Option<Arc<Tap>>,
     reused: bool,
+    /// The current attempt speaks HTTP/2.
+    h2: bool,
+    /// The current attempt offered h2 over TLS and got HTTP/1.1: retry the
+    /// same server over HTTP/1.1 (nothing was sent).
+    renegotiate: bool,
+    /// The next attempt goes to the same server (after `renegotiate`).
+    retry_same: bool,
     force_fresh: bool,
     fresh_retry_used: bool,
     header_received: bool,
@@ -115,6 +142,8 @@ pub struct HttpState {
     pending: Option<Failure>,
     /// Run the TLS probe before reporting (plain request, no response at all).
     probe_tls: bool,
+    /// Run the h2c probe before reporting (h2c, the connection failed at once).
+    probe_h2c: bool,
     /// Earlier attempts' failures, named when every server failed.
     attempts: Vec<String>,
 }
@@ -313,6 +342,9 @@ pub fn prepare(
         slot: Arc::new(Mutex::new(Slot::default())),
         tap: None,
         reused: false,
+        h2: false,
+        renegotiate: false,
+        retry_same: false,
         force_fresh: false,
         fresh_retry_used: false,
         header_received: false,
@@ -320,6 +352,7 @@ pub fn prepare(
         last: None,
         pending: None,
         probe_tls: false,
+        probe_h2c: false,
         attempts: Vec::new(),
     };
     Ok(Box::new(st))
@@ -383,7 +416,8 @@ pub async fn upstream_peer(ctx: &mut ReqCtx) -> Result<Box<HttpPeer>> {
     };
     for _ in 0..=st.up.config.servers.len() {
         let fresh = std::mem::take(&mut st.force_fresh);
-        let i = match (fresh, st.current) {
+        let same = std::mem::take(&mut st.retry_same);
+        let i = match (fresh || same, st.current) {
             (true, Some(i)) => i,
             _ => match st.up.pick(&st.tried) {
                 Pick::Server(i) => {
@@ -426,6 +460,11 @@ pub async fn upstream_peer(ctx: &mut ReqCtx) -> Result<Box<HttpPeer>> {
         st.tap = None;
         st.reused = false;
         st.probe_tls = false;
+        st.probe_h2c = false;
+        st.h2 = st.hp.h2 && !(st.hp.tls && prefers_h1(tls_key(&st.hp), i));
+        // Pingora does the TLS handshake only for h2 (ALPN); the connector
+        // does it for HTTP/1.1.
+        let pingora_tls = st.hp.tls && st.h2;
         if let Ok(mut s) = st.slot.lock() {
             *s = Slot::default();
         }
@@ -438,7 +477,7 @@ pub async fn upstream_peer(ctx: &mut ReqCtx) -> Result<Box<HttpPeer>> {
             Addr::Tcp(hp) => match resolve(hp, st.hp.connect_timeout).await {
                 Ok(sa) => {
                     st.peer_addr = Some(sa);
-                    HttpPeer::new(sa, st.hp.tls, sni)
+                    HttpPeer::new(sa, pingora_tls, sni)
                 }
                 Err(f) => {
                     st.up.failed(i, &f.nginx_message);
@@ -449,7 +488,7 @@ pub async fn upstream_peer(ctx: &mut ReqCtx) -> Result<Box<HttpPeer>> {
             },
             Addr::Unix(p) => {
                 st.peer_addr = None;
-                HttpPeer::new_uds(&p.to_string_lossy(), st.hp.tls, sni)?
+                HttpPeer::new_uds(&p.to_string_lossy(), pingora_tls, sni)?
             }
         };
         configure_peer(&mut peer, st, i, fresh)?;
@@ -463,7 +502,7 @@ fn configure_peer(peer: &mut HttpPeer, st: &HttpState, i: usize, fresh: bool) ->
     let o = &mut peer.options;
     // Connections differ per location (CA, verification hook), which Pingora's
     // pool key does not cover.
-    peer.group_key = Arc::as_ptr(hp) as usize as u64;
+    peer.group_key = tls_key(hp);
     o.connection_timeout = Some(hp.connect_timeout);
     o.read_timeout = Some(hp.read_timeout);
     o.write_timeout = Some(hp.send_timeout);
@@ -472,26 +511,106 @@ fn configure_peer(peer: &mut HttpPeer, st: &HttpState, i: usize, fresh: bool) ->
     // (expired, self-signed...) can be reported.
     o.verify_cert = false;
     o.verify_hostname = false;
-    if hp.h2 {
+    let mut own_tls = None;
+    if st.h2 {
         o.set_http_version(2, if hp.tls { 1 } else { 2 });
+        o.max_h2_streams = H2_STREAMS;
+        if st.up.config.keepalive == 0 {
+            // No idle connections (Pingora pools HTTP/2 connections itself).
+            o.idle_timeout = Some(Duration::ZERO);
+        }
+        if hp.tls {
+            if let Some(path) = &hp.ssl_trusted_certificate {
+                o.ca = Some(trusted_cas(path)?);
+            }
+            o.upstream_tls_handshake_complete_hook = Some(tls_check_hook(st.ssl_name.clone()));
+        }
     } else {
         o.set_http_version(1, 1);
-    }
-    if hp.tls {
-        if let Some(path) = &hp.ssl_trusted_certificate {
-            o.ca = Some(trusted_cas(path)?);
+        if hp.tls {
+            own_tls = Some(TlsSetup {
+                ctx: tls_connector(hp.ssl_trusted_certificate.as_ref())?,
+                sni: if hp.ssl_server_name && st.ssl_name.parse::<IpAddr>().is_err() {
+                    st.ssl_name.clone()
+                } else {
+                    String::new()
+                },
+                name: st.ssl_name.clone(),
+                verify: hp.ssl_verify,
+            });
         }
-        o.upstream_tls_handshake_complete_hook = Some(tls_check_hook(st.ssl_name.clone()));
     }
     o.custom_l4 = Some(Arc::new(Connector {
         up: st.up.clone(),
         server: i,
         timeout: hp.connect_timeout,
-        tap: !hp.tls && !hp.h2,
+        // HTTP/2 needs no tap, and its connections must keep a real fd
+        // (Pingora's h2 pool tells connections apart by it).
+        tap: !st.h2,
+        key: if hp.tls { tls_key(hp) } else { 0 },
+        tls: own_tls,
         allow_reuse: !fresh,
         slot: st.slot.clone(),
     }));
     Ok(())
+}
+
+/// Tells the TLS settings of a location apart (idle pools, Pingora's pool,
+/// the h2 fallback memory): the location's `HttpProxy`, which lives as long
+/// as the configuration.
+fn tls_key(hp: &Arc<HttpProxy>) -> u64 {
+    Arc::as_ptr(hp) as usize as u64
+}
+
+type H1Memory = Mutex<HashMap<(u64, usize), Instant>>;
+
+fn h1_memory() -> &'static H1Memory {
+    static M: OnceLock<H1Memory> = OnceLock::new();
+    M.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// True if server `i` of the location `key` answered an h2 offer with
+/// HTTP/1.1 less than [`H1_FALLBACK_TTL`] ago.
+fn prefers_h1(key: u64, i: usize) -> bool {
+    h1_memory()
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(key, i)).copied())
+        .is_some_and(|t| t.elapsed() < H1_FALLBACK_TTL)
+}
+
+fn learn_h1(key: u64, i: usize) {
+    if let Ok(mut m) = h1_memory().lock() {
+        m.retain(|_, t| t.elapsed() < H1_FALLBACK_TTL);
+        m.insert((key, i), Instant::now());
+    }
+}
+
+/// The TLS client context for a CA file (the system's CAs without one),
+/// built once per file.
+fn tls_connector(ca: Option<&PathBuf>) -> Result<Arc<SslConnector>> {
+    type Ctxs = Mutex<HashMap<Option<PathBuf>, Arc<SslConnector>>>;
+    static CACHE: OnceLock<Ctxs> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let key = ca.cloned();
+    if let Some(c) = cache.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(c);
+    }
+    let fail = |e: &dyn std::fmt::Display| internal(&format!("TLS client setup: {e}"));
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| fail(&e))?;
+    if let Some(path) = ca {
+        let mut store = X509StoreBuilder::new().map_err(|e| fail(&e))?;
+        for c in trusted_cas(path)?.iter() {
+            store.add_cert(c.clone()).map_err(|e| fail(&e))?;
+        }
+        b.set_verify_cert_store(store.build())
+            .map_err(|e| fail(&e))?;
+    }
+    let c = Arc::new(b.build());
+    if let Ok(mut m) = cache.lock() {
+        m.insert(key, c.clone());
+    }
+    Ok(c)
 }
 
 /// The CA certificates of `ssl_trusted_certificate`, loaded once per file.
@@ -523,29 +642,34 @@ fn trusted_cas(path: &PathBuf) -> Result<Arc<Box<[X509]>>> {
 
 // ---- TLS verification (nginx style: after the handshake) ------------------
 
-/// What the handshake hook found, stored in the connection's TLS digest.
+/// What a completed handshake showed: the certificate check, and the
+/// protocol ALPN selected. Pingora's handshake hook stores it in the
+/// connection's TLS digest (h2); the connector checks it directly.
 #[derive(Debug)]
 struct TlsCheck {
     verify_code: i32,
     verify_text: String,
     name_ok: bool,
     subject: String,
+    alpn: Option<Vec<u8>>,
+}
+
+fn tls_check(ssl: &SslRef, name: &str) -> TlsCheck {
+    let vr = ssl.verify_result();
+    let cert = ssl.peer_certificate();
+    TlsCheck {
+        verify_code: vr.as_raw(),
+        verify_text: vr.error_string().to_string(),
+        name_ok: cert.as_ref().is_some_and(|c| cert_matches(c, name)),
+        subject: cert.as_ref().map(describe_cert).unwrap_or_default(),
+        alpn: ssl.selected_alpn_protocol().map(<[u8]>::to_vec),
+    }
 }
 
 fn tls_check_hook(name: String) -> HandshakeCompleteHook {
-    Arc::new(move |ssl: &SslRef| {
-        let vr = ssl.verify_result();
-        let cert = ssl.peer_certificate();
-        let name_ok = cert.as_ref().is_some_and(|c| cert_matches(c, &name));
-        let subject = cert.as_ref().map(describe_cert).unwrap_or_default();
-        let check = TlsCheck {
-            verify_code: vr.as_raw(),
-            verify_text: vr.error_string().to_string(),
-            name_ok,
-            subject,
-        };
-        Some(Arc::new(check) as Arc<dyn Any + Send + Sync>)
-    })
+    Arc::new(
+        move |ssl: &SslRef| Some(Arc::new(tls_check(ssl, &name)) as Arc<dyn Any + Send + Sync>),
+    )
 }
 
 fn describe_cert(c: &X509) -> String {
@@ -655,15 +779,30 @@ fn tls_check_failure(c: &TlsCheck, name: &str) -> Option<Failure> {
 
 // ---- connecting -------------------------------------------------------------
 
-/// Opens connections for one attempt: errno-level connect diagnosis, and the
-/// tap + own keep-alive pool for plain HTTP/1.
+/// Opens connections for one attempt: errno-level connect diagnosis, the TLS
+/// handshake for HTTP/1.1 over TLS, and the tap + own keep-alive pool for
+/// HTTP/1.
 struct Connector {
     up: Arc<UpstreamState>,
     server: usize,
     timeout: Duration,
     tap: bool,
+    /// Idle pool key: 0 for plain HTTP, the location's for TLS.
+    key: u64,
+    /// The connector's own TLS (HTTP/1.1 over TLS).
+    tls: Option<TlsSetup>,
     allow_reuse: bool,
     slot: Arc<Mutex<Slot>>,
+}
+
+/// The TLS settings of one location, for the connector's own handshake.
+struct TlsSetup {
+    ctx: Arc<SslConnector>,
+    /// SNI (empty: none).
+    sni: String,
+    /// The name the certificate is checked against.
+    name: String,
+    verify: bool,
 }
 
 impl std::fmt::Debug for Connector {
@@ -715,6 +854,82 @@ impl Connector {
             None => Error::explain(etype, msg),
         }
     }
+
+    /// An idle keep-alive connection from the pool, tapped.
+    fn reuse(&self) -> Option<Stream> {
+        if !self.tap || !self.allow_reuse {
+            return None;
+        }
+        let w = self
+            .up
+            .take_idle_http(self.server, self.key, self.up.config.keepalive_timeout)?;
+        let tap = Arc::new(Tap::new(true));
+        self.record(|sl| {
+            sl.tcp_connected = true;
+            sl.connect_ms = Some(0.0);
+            sl.tap = Some(tap.clone());
+        });
+        Some(TapStream::stream(w, tap, self))
+    }
+
+    /// TLS over an established connection, checked like nginx checks it
+    /// (after the handshake, so that the verify code can be reported).
+    async fn handshake<S>(&self, t: &TlsSetup, s: S) -> Result<SslStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let ssl = t
+            .ctx
+            .configure()
+            .and_then(|mut cfg| {
+                cfg.set_verify(SslVerifyMode::NONE);
+                cfg.set_verify_hostname(false);
+                cfg.set_use_server_name_indication(!t.sni.is_empty());
+                cfg.set_alpn_protos(b"\x08http/1.1")?;
+                cfg.into_ssl(&t.sni)
+            })
+            .map_err(|e| internal(&format!("TLS setup: {e}")))?;
+        let mut s = SslStream::new(ssl, s).map_err(|e| internal(&format!("TLS setup: {e}")))?;
+        match tokio::time::timeout(self.timeout, Pin::new(&mut s).connect()).await {
+            Err(_) => {
+                let f = upstream::timeout_failure(Cause::TlsTimeout, "during the TLS handshake");
+                Err(self.fail(f, ErrorType::TLSHandshakeTimedout, None))
+            }
+            Ok(Err(e)) => Err(self.fail(
+                tls_failure(&e.to_string()),
+                ErrorType::TLSHandshakeFailure,
+                None,
+            )),
+            Ok(Ok(())) => {
+                if t.verify {
+                    if let Some(f) = tls_check_failure(&tls_check(s.ssl(), &t.name), &t.name) {
+                        return Err(self.fail(f, ErrorType::InvalidCert, None));
+                    }
+                }
+                Ok(s)
+            }
+        }
+    }
+
+    /// The stream handed to Pingora for a new connection.
+    fn finish(&self, w: HttpWire, t0: Instant) -> Stream {
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        if self.tap {
+            let tap = Arc::new(Tap::new(false));
+            self.record(|sl| {
+                sl.connect_ms = Some(ms);
+                sl.tap = Some(tap.clone());
+            });
+            return TapStream::stream(w, tap, self);
+        }
+        self.record(|sl| sl.connect_ms = Some(ms));
+        match w {
+            HttpWire::Tcp(s) => Stream::from(s),
+            HttpWire::Unix(s) => Stream::from(s),
+            // Not reached: the connector's TLS is always tapped.
+            w => TapStream::stream(w, Arc::new(Tap::new(false)), self),
+        }
+    }
 }
 
 #[async_trait]
@@ -723,29 +938,15 @@ impl L4Connect for Connector {
         let Some(server) = self.up.config.servers.get(self.server) else {
             return Err(internal("server index out of range"));
         };
+        if let Some(s) = self.reuse() {
+            return Ok(s);
+        }
         let t0 = Instant::now();
+        let timed_out = || upstream::timeout_failure(Cause::ConnectTimeout, "while connecting");
         match addr {
             L4Addr::Inet(sa) => {
-                if self.tap && self.allow_reuse {
-                    if let Some(s) = self
-                        .up
-                        .take_idle_http(self.server, self.up.config.keepalive_timeout)
-                    {
-                        let tap = Arc::new(Tap::new(true));
-                        self.record(|sl| {
-                            sl.tcp_connected = true;
-                            sl.connect_ms = Some(0.0);
-                            sl.tap = Some(tap.clone());
-                        });
-                        return Ok(TapStream::stream(s, tap, &self.up, self.server));
-                    }
-                }
                 let s = match tokio::time::timeout(self.timeout, TcpStream::connect(*sa)).await {
-                    Err(_) => {
-                        let f =
-                            upstream::timeout_failure(Cause::ConnectTimeout, "while connecting");
-                        return Err(self.fail(f, ErrorType::ConnectTimedout, None));
-                    }
+                    Err(_) => return Err(self.fail(timed_out(), ErrorType::ConnectTimedout, None)),
                     Ok(Err(e)) => {
                         let f = classify_connect(&server.addr, &e);
                         return Err(self.fail(f, connect_etype(&e), Some(e)));
@@ -753,46 +954,31 @@ impl L4Connect for Connector {
                     Ok(Ok(s)) => s,
                 };
                 let _ = s.set_nodelay(true);
-                let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                if self.tap {
-                    let tap = Arc::new(Tap::new(false));
-                    self.record(|sl| {
-                        sl.tcp_connected = true;
-                        sl.connect_ms = Some(ms);
-                        sl.tap = Some(tap.clone());
-                    });
-                    Ok(TapStream::stream(s, tap, &self.up, self.server))
-                } else {
-                    self.record(|sl| {
-                        sl.tcp_connected = true;
-                        sl.connect_ms = Some(ms);
-                    });
-                    Ok(Stream::from(s))
-                }
+                self.record(|sl| sl.tcp_connected = true);
+                let w = match &self.tls {
+                    Some(t) => HttpWire::TlsTcp(Box::new(self.handshake(t, s).await?)),
+                    None => HttpWire::Tcp(s),
+                };
+                Ok(self.finish(w, t0))
             }
             L4Addr::Unix(ua) => {
                 let Some(path) = ua.as_pathname() else {
                     return Err(internal("unnamed unix socket"));
                 };
-                match tokio::time::timeout(self.timeout, UnixStream::connect(path)).await {
-                    Err(_) => {
-                        let f =
-                            upstream::timeout_failure(Cause::ConnectTimeout, "while connecting");
-                        Err(self.fail(f, ErrorType::ConnectTimedout, None))
-                    }
+                let s = match tokio::time::timeout(self.timeout, UnixStream::connect(path)).await {
+                    Err(_) => return Err(self.fail(timed_out(), ErrorType::ConnectTimedout, None)),
                     Ok(Err(e)) => {
                         let f = classify_connect(&server.addr, &e);
-                        Err(self.fail(f, connect_etype(&e), Some(e)))
+                        return Err(self.fail(f, connect_etype(&e), Some(e)));
                     }
-                    Ok(Ok(s)) => {
-                        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-                        self.record(|sl| {
-                            sl.tcp_connected = true;
-                            sl.connect_ms = Some(ms);
-                        });
-                        Ok(Stream::from(s))
-                    }
-                }
+                    Ok(Ok(s)) => s,
+                };
+                self.record(|sl| sl.tcp_connected = true);
+                let w = match &self.tls {
+                    Some(t) => HttpWire::TlsUnix(Box::new(self.handshake(t, s).await?)),
+                    None => HttpWire::Unix(s),
+                };
+                Ok(self.finish(w, t0))
             }
         }
     }
@@ -835,19 +1021,21 @@ impl Tap {
 }
 
 struct TapStream {
-    inner: Option<TcpStream>,
+    inner: Option<HttpWire>,
     tap: Arc<Tap>,
     home: Arc<UpstreamState>,
     server: usize,
+    key: u64,
 }
 
 impl TapStream {
-    fn stream(s: TcpStream, tap: Arc<Tap>, up: &Arc<UpstreamState>, server: usize) -> Stream {
+    fn stream(w: HttpWire, tap: Arc<Tap>, c: &Connector) -> Stream {
         let ts = TapStream {
-            inner: Some(s),
+            inner: Some(w),
             tap,
-            home: up.clone(),
-            server,
+            home: c.up.clone(),
+            server: c.server,
+            key: c.key,
         };
         Stream::from(VirtualSocketStream::new(Box::new(ts)))
     }
@@ -865,15 +1053,17 @@ impl Drop for TapStream {
             .tap
             .with(|s| s.complete && s.probed && !s.broken)
             .unwrap_or(false);
-        if let (true, Some(s)) = (reusable, self.inner.take()) {
-            self.home.put_idle_http(self.server, s);
+        if let (true, Some(w)) = (reusable, self.inner.take()) {
+            self.home.put_idle_http(self.server, self.key, w);
         }
     }
 }
 
 impl VirtualSocket for TapStream {
     fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
-        if let (VirtualSockOpt::NoDelay, Some(s)) = (opt, &self.inner) {
+        if let (VirtualSockOpt::NoDelay, Some(s)) =
+            (opt, self.inner.as_ref().and_then(HttpWire::tcp))
+        {
             s.set_nodelay(true)?;
         }
         Ok(())
@@ -950,8 +1140,9 @@ impl AsyncWrite for TapStream {
 
 // ---- hooks --------------------------------------------------------------------
 
-/// Pingora's `connected_to_upstream`: the TLS certificate check, timing, and
-/// which connection this attempt uses.
+/// Pingora's `connected_to_upstream`: timing, which connection this attempt
+/// uses, and for Pingora's TLS (h2 attempts) the negotiated protocol and the
+/// certificate check (the connector checks its own TLS itself).
 pub fn connected(ctx: &mut ReqCtx, reused: bool, digest: Option<&Digest>) -> Result<()> {
     let Some(st) = ctx.http.as_mut() else {
         return Ok(());
@@ -963,12 +1154,27 @@ pub fn connected(ctx: &mut ReqCtx, reused: bool, digest: Option<&Digest>) -> Res
     st.reused = reused || tap.as_ref().is_some_and(|t| t.reused);
     st.tap = tap;
     ctx.summary.connect_ms = if reused { Some(0.0) } else { ms };
-    if reused || !st.hp.tls || !st.hp.ssl_verify {
+    if reused || !st.hp.tls || !st.h2 {
         return Ok(());
     }
     let check = digest
         .and_then(|d| d.ssl_digest.as_ref())
         .and_then(|d| d.extension.get::<TlsCheck>());
+    if check.is_some_and(|c| c.alpn.as_deref() != Some(b"h2".as_slice())) {
+        // HTTP/1.1 over Pingora's TLS would go untapped: remember that this
+        // server does not negotiate h2 and retry over the connector's TLS.
+        if let Some(i) = st.current {
+            learn_h1(tls_key(&st.hp), i);
+        }
+        st.renegotiate = true;
+        return Err(Error::explain(
+            ErrorType::Custom("H2NotNegotiated"),
+            "the upstream did not select h2 by ALPN",
+        ));
+    }
+    if !st.hp.ssl_verify {
+        return Ok(());
+    }
     let f = match check {
         Some(c) => tls_check_failure(c, &st.ssl_name),
         None => Some(Failure::new(
@@ -999,13 +1205,15 @@ pub fn request_filter(ctx: &mut ReqCtx, req: &mut RequestHeader) -> Result<()> {
         .map_err(|_| internal(&format!("invalid upstream URI \"{}\"", st.uri)))?;
     req.set_uri(uri);
     let hp = &st.hp;
-    if !hp.h2 {
-        req.set_version(if hp.http_version == "1.0" {
-            http::Version::HTTP_10
-        } else {
+    if !st.h2 {
+        // An h2 backend that negotiated HTTP/1.1 by ALPN gets HTTP/1.1.
+        let v11 = hp.h2 || hp.http_version == "1.1";
+        req.set_version(if v11 {
             http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_10
         });
-        let keepalive = hp.http_version == "1.1" && st.up.config.keepalive > 0;
+        let keepalive = v11 && st.up.config.keepalive > 0;
         if keepalive {
             req.remove_header("connection");
         } else {
@@ -1022,6 +1230,26 @@ pub fn request_filter(ctx: &mut ReqCtx, req: &mut RequestHeader) -> Result<()> {
         }
     }
     nginx_header_order(req, &hp.set_headers);
+    if st.h2 {
+        // HTTP/2 forbids connection-specific fields (RFC 9113, 8.2.2); the
+        // h2 crate would refuse to send the request.
+        for h in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            req.remove_header(h);
+        }
+        let te_trailers = req
+            .headers
+            .get(http::header::TE)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !te_trailers {
+            req.remove_header("te");
+        }
+    }
     Ok(())
 }
 
@@ -1413,6 +1641,12 @@ fn after_connect(st: &mut HttpState, e: &Error, session: &Session) -> (Failure, 
             Class::Final,
         );
     }
+    let head_sent = session.response_written().is_some();
+    if st.h2 {
+        if let Some(r) = h2_failure(st, e, st.header_received || head_sent) {
+            return r;
+        }
+    }
     let etype = e.etype().clone();
     let (written, read, raw) = match &st.tap {
         Some(t) => t
@@ -1420,7 +1654,6 @@ fn after_connect(st: &mut HttpState, e: &Error, session: &Session) -> (Failure, 
             .unwrap_or((None, None, Vec::new())),
         None => (None, None, Vec::new()),
     };
-    let head_sent = session.response_written().is_some();
     if st.header_received || head_sent {
         let f = match etype {
             ErrorType::ReadTimedout => {
@@ -1567,6 +1800,166 @@ fn after_connect(st: &mut HttpState, e: &Error, session: &Session) -> (Failure, 
     }
 }
 
+/// `(N: NAME)` for an HTTP/2 error code.
+fn h2_code(r: Option<h2::Reason>) -> String {
+    match r {
+        Some(r) => format!("{} ({r:?}: {})", u32::from(r), r.description()),
+        None => "unknown".into(),
+    }
+}
+
+/// Maps an error of an HTTP/2 attempt onto a cause, from the `h2` crate's
+/// error at the bottom of Pingora's (None: not an h2 error, the generic
+/// mapping applies: timeouts, write errors).
+fn h2_failure(st: &mut HttpState, e: &Error, after_header: bool) -> Option<(Failure, Class)> {
+    let h = e.root_cause().downcast_ref::<h2::Error>()?;
+    let reason = h.reason();
+    if after_header {
+        let f = if h.is_remote() && (h.is_reset() || h.is_go_away()) {
+            let what = if h.is_reset() {
+                "reset the stream (RST_STREAM)"
+            } else {
+                "shut the connection down (GOAWAY)"
+            };
+            Failure::new(
+                Cause::BodyStreamReset,
+                format!(
+                    "upstream rejected request with error {}",
+                    reason.map(u32::from).unwrap_or(0)
+                ),
+                format!(
+                    "the upstream {what} mid-body with error {}",
+                    h2_code(reason)
+                ),
+            )
+        } else if let Some(io) = h.get_io() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionReset => {
+                    let t =
+                        upstream::errno_text(&std::io::Error::from_raw_os_error(libc::ECONNRESET));
+                    Failure::new(
+                        Cause::BodyReset,
+                        format!("readv() failed {t}"),
+                        format!("reading the HTTP/2 response body: {io}"),
+                    )
+                }
+                _ => Failure::new(
+                    Cause::BodyClosed,
+                    "upstream prematurely closed connection",
+                    format!("reading the HTTP/2 response body: {io}"),
+                ),
+            }
+        } else {
+            Failure::new(
+                Cause::BodyClosed,
+                format!("upstream sent invalid http2 response ({})", h2_code(reason)),
+                format!("the HTTP/2 response broke off: {h}"),
+            )
+        };
+        return Some((f, Class::Final));
+    }
+    if h.is_remote() && h.is_go_away() && reason == Some(h2::Reason::NO_ERROR) {
+        // A graceful shutdown: the request was not processed (its stream is
+        // above the GOAWAY's last stream id), any method may be retried.
+        let f = Failure::new(
+            Cause::HeaderStreamReset,
+            "upstream sent goaway with error 0",
+            "the upstream shut the connection down (GOAWAY, NO_ERROR) before processing the request",
+        );
+        return Some((f, Class::Stale { unsent: true }));
+    }
+    if h.is_remote() && (h.is_reset() || h.is_go_away()) {
+        let code = reason.map(u32::from).unwrap_or(0);
+        let (msg, what) = if h.is_reset() {
+            (
+                format!("upstream rejected request with error {code}"),
+                "reset the request's stream (RST_STREAM)",
+            )
+        } else {
+            (
+                format!("upstream sent goaway with error {code}"),
+                "shut the connection down (GOAWAY)",
+            )
+        };
+        let f = Failure::new(
+            Cause::HeaderStreamReset,
+            msg,
+            format!(
+                "the upstream {what} before the response header, with error {}",
+                h2_code(reason)
+            ),
+        );
+        return Some((f, Class::InvalidHeader));
+    }
+    if h.is_library() && h.is_reset() {
+        // The h2 crate resets a stream whose header block HTTP/2 forbids:
+        // connection-specific fields (Transfer-Encoding, Connection, ...),
+        // TE other than "trailers", misplaced pseudo-headers.
+        let f = Failure::new(
+            Cause::HeaderInvalidH2,
+            "upstream sent invalid header",
+            format!(
+                "the HTTP/2 response header block is malformed (a connection-specific field such as Transfer-Encoding or Connection, TE other than \"trailers\", or misplaced pseudo-headers); stream reset with {}",
+                h2_code(reason)
+            ),
+        );
+        return Some((f, Class::InvalidHeader));
+    }
+    if h.is_library() && h.is_go_away() {
+        // Frames that break the protocol; on a new h2c connection, maybe no
+        // HTTP/2 server at all (the probe tells).
+        st.probe_h2c = !st.hp.tls && !st.reused;
+        let f = Failure::new(
+            Cause::HeaderInvalidH2,
+            format!("upstream sent invalid http2 frames ({})", h2_code(reason)),
+            format!("the upstream broke the HTTP/2 protocol: {h}"),
+        );
+        return Some((f, Class::InvalidHeader));
+    }
+    let Some(io) = h.get_io() else {
+        // Initiated by this side: a request the h2 crate refuses to send.
+        let f = Failure::new(
+            Cause::ProxyInternal,
+            format!("http2 error: {h}"),
+            format!("sending the request over HTTP/2: {h}"),
+        );
+        return Some((f, Class::Final));
+    };
+    if st.reused {
+        let f = Failure::new(
+            Cause::HeaderStaleKeepalive,
+            "upstream prematurely closed connection",
+            format!("the reused HTTP/2 connection failed before the response: {io}"),
+        );
+        return Some((f, Class::Stale { unsent: false }));
+    }
+    let f = match io.kind() {
+        std::io::ErrorKind::ConnectionReset => {
+            let t = upstream::errno_text(&std::io::Error::from_raw_os_error(libc::ECONNRESET));
+            Failure::new(
+                Cause::HeaderReset,
+                format!("recv() failed {t}"),
+                format!("reading the HTTP/2 response header: {io}"),
+            )
+        }
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof => {
+            st.probe_h2c = !st.hp.tls;
+            st.probe_tls = !st.hp.tls;
+            Failure::new(
+                Cause::HeaderClosedEmpty,
+                "upstream prematurely closed connection",
+                format!("the HTTP/2 connection closed before the response header: {io}"),
+            )
+        }
+        _ => Failure::new(
+            Cause::HeaderReset,
+            format!("recv() failed ({io})"),
+            format!("reading the HTTP/2 response header: {io}"),
+        ),
+    };
+    Some((f, Class::Error))
+}
+
 /// Maps a connect-phase error (TCP or TLS handshake) onto a cause.
 fn connect_phase(st: &mut HttpState, e: &Error) -> (Failure, Class) {
     let (slot_failure, tcp_ok) = match st.slot.lock() {
@@ -1574,7 +1967,7 @@ fn connect_phase(st: &mut HttpState, e: &Error) -> (Failure, Class) {
         Err(_) => (None, false),
     };
     if let Some(f) = slot_failure {
-        let class = if f.cause == Cause::ConnectTimeout {
+        let class = if matches!(f.cause, Cause::ConnectTimeout | Cause::TlsTimeout) {
             Class::Timeout
         } else {
             Class::Error
@@ -1582,6 +1975,16 @@ fn connect_phase(st: &mut HttpState, e: &Error) -> (Failure, Class) {
         return (f, class);
     }
     if !tcp_ok {
+        if let Some(h) = e.root_cause().downcast_ref::<h2::Error>() {
+            // A stream could not be opened on a pooled HTTP/2 connection:
+            // nothing was sent, a fresh connection may be tried.
+            let f = Failure::new(
+                Cause::HeaderStaleKeepalive,
+                "upstream prematurely closed connection",
+                format!("opening a stream on a reused HTTP/2 connection failed: {h}"),
+            );
+            return (f, Class::Stale { unsent: true });
+        }
         let f = Failure::new(
             Cause::ConnectFailed,
             format!("connect() failed ({e})"),
@@ -1595,36 +1998,36 @@ fn connect_phase(st: &mut HttpState, e: &Error) -> (Failure, Class) {
         .map(|i| &text[i + 22..])
         .map(|s| s.split(", SNI:").next().unwrap_or(s).trim().to_string())
         .unwrap_or_else(|| text.clone());
-    let ssl = nginx_ssl_error(&ssl);
     match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => (
             upstream::timeout_failure(Cause::TlsTimeout, "during the TLS handshake"),
             Class::Timeout,
         ),
-        _ => {
-            let plain = [
-                "wrong version number",
-                "packet length too long",
-                "http request",
-                "record layer failure",
-            ]
-            .iter()
-            .any(|m| ssl.contains(m));
-            let cause = if plain {
-                Cause::TlsPlainHttpUpstream
-            } else {
-                Cause::TlsHandshakeFailed
-            };
-            (
-                Failure::new(
-                    cause,
-                    format!("SSL_do_handshake() failed (SSL: {ssl})"),
-                    format!("TLS handshake: {ssl}"),
-                ),
-                Class::Error,
-            )
-        }
+        _ => (tls_failure(&ssl), Class::Error),
     }
+}
+
+/// A failed TLS handshake, from OpenSSL's error text.
+fn tls_failure(text: &str) -> Failure {
+    let ssl = nginx_ssl_error(text);
+    let plain = [
+        "wrong version number",
+        "packet length too long",
+        "http request",
+        "record layer failure",
+    ]
+    .iter()
+    .any(|m| ssl.contains(m));
+    let cause = if plain {
+        Cause::TlsPlainHttpUpstream
+    } else {
+        Cause::TlsHandshakeFailed
+    };
+    Failure::new(
+        cause,
+        format!("SSL_do_handshake() failed (SSL: {ssl})"),
+        format!("TLS handshake: {ssl}"),
+    )
 }
 
 /// OpenSSL 3's `error:CODE:LIB:FUNC:REASON:FILE:LINE:DATA` the way nginx
@@ -1673,12 +2076,16 @@ fn decide(
             st.force_fresh = true;
             return true;
         }
-        let f = if idempotent || unsent {
+        let f = if (idempotent || unsent) && f.cause == Cause::HeaderStaleKeepalive {
             Failure::new(
                 Cause::HeaderClosedEmpty,
                 "upstream prematurely closed connection",
                 format!("{}; the retry on a fresh connection failed too", f.details),
             )
+        } else if st.fresh_retry_used && f.cause != Cause::HeaderStaleKeepalive {
+            let mut f = f;
+            f.details = format!("{}; the retry on a fresh connection failed too", f.details);
+            f
         } else {
             f
         };
@@ -1720,7 +2127,7 @@ fn decide(
             f.cause.code(),
             ctx_summary.request_id
         ));
-        p.rt.errlog.write_line(&line);
+        p.rt.errlog.for_req(ctx_summary).write_line(&line);
         st.last = Some(f);
         return true;
     }
@@ -1766,6 +2173,13 @@ pub fn error_while_proxy(
         return e;
     };
     st.reused |= client_reused;
+    if std::mem::take(&mut st.renegotiate) {
+        // h2 was offered and HTTP/1.1 selected: the same server again, over
+        // HTTP/1.1 (nothing was sent).
+        st.retry_same = true;
+        e.set_retry(true);
+        return e;
+    }
     let (f, class) = after_connect(st, &e, session);
     // A TLS certificate refusal happens before anything is sent.
     let sent = f.cause.phase() != crate::cause::Phase::Tls;
@@ -1790,6 +2204,56 @@ async fn speaks_tls(addr: SocketAddr) -> bool {
     matches!(tokio::time::timeout(PROBE_TIMEOUT, fut).await, Ok(Some(())))
 }
 
+/// What `addr` answers to an HTTP/2 connection preface (diagnosis of h2c
+/// to a server that does not speak it): an HTTP/1 response or a TLS record
+/// makes a more precise failure than `f`.
+async fn h2c_answer(addr: SocketAddr, f: &Failure) -> Option<Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        s.write_all(&hello).await.ok()?;
+        let mut b = vec![0u8; 128];
+        let n = s.read(&mut b).await.ok()?;
+        b.truncate(n);
+        Some(b)
+    };
+    let b = tokio::time::timeout(PROBE_TIMEOUT, fut)
+        .await
+        .ok()
+        .flatten()?;
+    // A TLS port may answer plain HTTP in HTTP/1 (nginx: "400 The plain HTTP
+    // request was sent to HTTPS port"): a TLS handshake tells.
+    let tls = if looks_tls(&b) {
+        Some("answers the HTTP/2 connection preface with a TLS record")
+    } else if b.starts_with(b"HTTP/") && speaks_tls(addr).await {
+        Some("completes a TLS handshake")
+    } else {
+        None
+    };
+    if let Some(how) = tls {
+        return Some(Failure::new(
+            Cause::HeaderTlsUpstream,
+            f.nginx_message.clone(),
+            format!("{}; {addr} {how}: it is a TLS port", f.details),
+        ));
+    }
+    if b.starts_with(b"HTTP/") {
+        let line = b.split(|c| *c == b'\n').next().unwrap_or(&b);
+        return Some(Failure::new(
+            Cause::HeaderHttp1Upstream,
+            "upstream sent an HTTP/1 response to an HTTP/2 request",
+            format!(
+                "{}; {addr} answers the HTTP/2 connection preface with {}: it does not speak h2c",
+                f.details,
+                excerpt(line.strip_suffix(b"\r").unwrap_or(line))
+            ),
+        ));
+    }
+    None
+}
+
 /// Pingora's `fail_to_proxy` for HTTP upstreams: answers with the diagnosed
 /// failure (504 for timeouts), or aborts the client connection when the
 /// response header was already sent.
@@ -1809,10 +2273,22 @@ pub async fn fail_to_proxy(
         }
         None => Failure::new(Cause::ProxyInternal, e.to_string(), e.to_string()),
     };
+    let probe_h2c = ctx
+        .http
+        .as_ref()
+        .and_then(|st| st.probe_h2c.then_some(st.peer_addr).flatten());
+    let mut probed = false;
+    if let Some(addr) = probe_h2c {
+        if let Some(g) = h2c_answer(addr, &f).await {
+            f = g;
+            probed = true;
+        }
+    }
     let probe = ctx
         .http
         .as_ref()
-        .and_then(|st| st.probe_tls.then_some(st.peer_addr).flatten());
+        .and_then(|st| st.probe_tls.then_some(st.peer_addr).flatten())
+        .filter(|_| !probed);
     if let Some(addr) = probe {
         if speaks_tls(addr).await {
             f = Failure::new(
