@@ -96,13 +96,16 @@ pub struct Quick {
     /// Keep FastCGI connections open between requests (fastcgi_keep_conn).
     #[arg(long)]
     pub keep_conn: bool,
-    /// nginx-format error log file (default: stderr).
+    /// nginx-format error log file (default: stderr); the main level's:
+    /// servers with their own error_log keep it.
     #[arg(long)]
     pub error_log: Option<PathBuf>,
     /// Structured JSON events file (default: stderr).
     #[arg(long)]
     pub events: Option<PathBuf>,
-    /// Access log file (default: off).
+    /// Access log file, why502's format: combined + cause + request id
+    /// (default: off); the http level's: servers and locations with their
+    /// own access_log keep it.
     #[arg(long)]
     pub access_log: Option<PathBuf>,
     /// Worker threads (default: number of CPUs).
@@ -170,8 +173,14 @@ pub fn load(source: &Source, quick: &Quick) -> Result<Config, String> {
     if let Some(p) = &quick.events {
         cfg.logging.events = Some(p.clone());
     }
+    // --access-log is the http level's access log (why502's format):
+    // servers and locations with their own access_log keep them.
     if let Some(p) = &quick.access_log {
-        cfg.logging.access_log = Some(p.clone());
+        cfg.logging.access_log = vec![config::AccessLog {
+            path: p.clone(),
+            format: config::LogFormat::why502(),
+            condition: None,
+        }];
     }
     if let Some(t) = quick.threads {
         cfg.threads = t;

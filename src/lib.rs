@@ -10,11 +10,13 @@
 //! - [`proxy`]: the Pingora wiring: routing (nginx's rules), static files, the
 //!   FastCGI gateway (`proxy::fastcgi`) and HTTP backends (`proxy::http_proxy`).
 //! - [`report`]: cause header, Proxy-Status, error page, logs;
+//!   [`accesslog`]: `log_format` / `access_log` as nginx writes them;
 //!   [`stderr`]: diagnosis from PHP's stderr.
 //! - [`cli`], [`server`]: the command line and the Pingora server;
 //!   [`demo`] the failure gallery; [`fpm`] and [`fake_fcgi`] start a real
 //!   PHP-FPM and a misbehaving FastCGI responder (demo and tests).
 
+pub mod accesslog;
 pub mod cause;
 pub mod cli;
 pub mod config;

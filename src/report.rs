@@ -3,14 +3,15 @@
 //! line and the structured `tracing` event. Every failure goes through
 //! [`Reporter::report`] so the four always agree.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::cause::{Cause, Phase};
-use crate::config::Diagnostics;
+use crate::config::{Diagnostics, LogLevel};
 
 /// One diagnosed failure.
 #[derive(Debug, Clone)]
@@ -48,11 +49,28 @@ impl Failure {
         self.cause.status(self.upstream_status)
     }
 
-    /// nginx's log level for the event.
+    /// nginx's log level for the event (docs/nginx-compat.md has the table).
     pub fn level(&self) -> &'static str {
         match self.cause {
+            // ngx_event_connect_peer: connect() errors are crit, except
+            // ECONNREFUSED, EAGAIN, ECONNRESET, ENETDOWN, ENETUNREACH,
+            // EHOSTDOWN, EHOSTUNREACH (error).
             Cause::ConnectSocketMissing | Cause::ConnectPermissionDenied => "crit",
-            Cause::ClientClosed => "info",
+            Cause::ConnectFailed => {
+                let m = &self.nginx_message;
+                if ["(104:", "(100:", "(101:", "(112:", "(113:"]
+                    .iter()
+                    .any(|e| m.contains(e))
+                {
+                    "error"
+                } else {
+                    "crit"
+                }
+            }
+            // The copy filters: "upstream sent more data than specified".
+            Cause::BodyTooLong => "warn",
+            // Client-side events are info (c->log_error = NGX_ERROR_INFO).
+            Cause::ClientClosed | Cause::ClientBodyTimeout => "info",
             _ => "error",
         }
     }
@@ -81,15 +99,17 @@ pub struct RequestSummary {
     pub total_ms: f64,
     pub stderr_excerpt: String,
     pub conn: u64,
+    /// The selected server's own error log (None = the main one).
+    pub errlog: Option<Arc<ErrorLog>>,
 }
 
-/// A sink for nginx-format error-log lines (stderr or a file).
-pub struct ErrorLog {
+/// One file (or standard error) error-log lines are written to.
+pub struct Sink {
     out: Mutex<Box<dyn std::io::Write + Send>>,
 }
 
-impl ErrorLog {
-    pub fn open(path: Option<&Path>) -> std::io::Result<ErrorLog> {
+impl Sink {
+    pub fn open(path: Option<&Path>) -> std::io::Result<Sink> {
         let out: Box<dyn std::io::Write + Send> = match path {
             Some(p) => Box::new(
                 std::fs::OpenOptions::new()
@@ -99,17 +119,91 @@ impl ErrorLog {
             ),
             None => Box::new(std::io::stderr()),
         };
-        Ok(ErrorLog {
+        Ok(Sink {
             out: Mutex::new(out),
         })
     }
 
-    pub fn write_line(&self, line: &str) {
+    fn write(&self, line: &str) {
         if let Ok(mut out) = self.out.lock() {
             // One write per line, like nginx; a failing log must not fail requests.
             let _ = out.write_all(line.as_bytes());
         }
     }
+}
+
+/// Opened sinks by path (None = standard error), so that every error_log
+/// naming a file writes through one handle.
+pub type Sinks = HashMap<Option<PathBuf>, Arc<Sink>>;
+
+/// Where nginx-format error-log lines go: one or more sinks, each with the
+/// least severe level it takes (nginx's `error_log FILE LEVEL`). A line's
+/// level is the `[level]` it carries.
+pub struct ErrorLog {
+    sinks: Vec<(Arc<Sink>, LogLevel)>,
+}
+
+impl std::fmt::Debug for ErrorLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let levels: Vec<&str> = self.sinks.iter().map(|(_, l)| l.as_str()).collect();
+        write!(f, "ErrorLog({levels:?})")
+    }
+}
+
+impl ErrorLog {
+    /// One sink (`None` = standard error) taking every level.
+    pub fn open(path: Option<&Path>) -> std::io::Result<ErrorLog> {
+        Ok(ErrorLog {
+            sinks: vec![(Arc::new(Sink::open(path)?), LogLevel::Debug)],
+        })
+    }
+
+    /// The sinks `targets` name, opened once each through `opened`.
+    pub fn open_targets<'a>(
+        targets: impl IntoIterator<Item = (Option<&'a Path>, LogLevel)>,
+        opened: &mut Sinks,
+    ) -> std::io::Result<ErrorLog> {
+        let mut sinks = Vec::new();
+        for (path, level) in targets {
+            let key = path.map(Path::to_path_buf);
+            let sink = match opened.get(&key) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(Sink::open(path)?);
+                    opened.insert(key, s.clone());
+                    s
+                }
+            };
+            sinks.push((sink, level));
+        }
+        Ok(ErrorLog { sinks })
+    }
+
+    /// Writes a line made by [`nginx_line`] to every sink whose level
+    /// takes the line's level.
+    pub fn write_line(&self, line: &str) {
+        let level = line_level(line);
+        for (sink, max) in &self.sinks {
+            if level <= *max {
+                sink.write(line);
+            }
+        }
+    }
+
+    /// The log for a request: its server's own, else this one.
+    pub fn for_req<'a>(&'a self, req: &'a RequestSummary) -> &'a ErrorLog {
+        req.errlog.as_deref().unwrap_or(self)
+    }
+}
+
+/// The level of an nginx error-log line (`2024/05/01 12:00:00 [crit] ...`);
+/// `error` if it has none.
+fn line_level(line: &str) -> LogLevel {
+    line.get(19..)
+        .and_then(|r| r.strip_prefix(" ["))
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(l, _)| LogLevel::parse(l))
+        .unwrap_or(LogLevel::Error)
 }
 
 /// nginx caps error-log lines at 2048 bytes (NGX_MAX_ERROR_STR).
@@ -142,7 +236,13 @@ pub fn nginx_line(
         req.client_addr, req.server_name, req.method, req.uri, req.protocol
     );
     if !req.upstream.is_empty() {
-        let _ = write!(s, ", upstream: \"{}\"", req.upstream);
+        // nginx frees the peer before it logs a timeout: a unix socket's
+        // name then lacks the ":" that separates it from the URI.
+        let up = match message.starts_with("upstream timed out") {
+            true => req.upstream.strip_suffix(':').unwrap_or(&req.upstream),
+            false => &req.upstream,
+        };
+        let _ = write!(s, ", upstream: \"{up}\"");
     }
     if let Some(h) = &req.host {
         let _ = write!(s, ", host: \"{h}\"");
@@ -406,7 +506,7 @@ pub fn log_failure(errlog: &ErrorLog, f: &Failure, req: &RequestSummary) {
     );
     truncate_at_char(&mut line, MAX_LINE - 1);
     line.push('\n');
-    errlog.write_line(&line);
+    errlog.for_req(req).write_line(&line);
     event(f, req);
 }
 
@@ -469,6 +569,17 @@ mod tests {
         assert!(l.contains("*7 connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory) while connecting to upstream, client: 127.0.0.1, server: example.test, request: \"GET /x.php HTTP/1.1\", upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\", host: \"example.test\"\n"), "{l}");
         let long = "x".repeat(5000);
         assert!(nginx_line("error", &long, None, &req()).len() <= MAX_LINE);
+        // nginx has freed the peer when it logs a timeout: no ":" after the socket.
+        let l = nginx_line(
+            "error",
+            "upstream timed out (110: Connection timed out)",
+            Some("while reading response header from upstream"),
+            &req(),
+        );
+        assert!(
+            l.contains("upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock\", host"),
+            "{l}"
+        );
     }
 
     #[test]
@@ -489,6 +600,62 @@ mod tests {
         assert!(out.body.contains("secret"));
         let v: serde_json::Value = serde_json::from_str(&out.body).expect("json");
         assert_eq!(v["cause"], "connect.socket_missing");
+    }
+
+    #[test]
+    fn error_log_levels_filter_lines() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        let mut opened = Sinks::new();
+        let log = ErrorLog::open_targets(
+            [
+                (Some(a.as_path()), LogLevel::Crit),
+                (Some(b.as_path()), LogLevel::Info),
+            ],
+            &mut opened,
+        )
+        .expect("open");
+        // The same file again shares the handle.
+        let again =
+            ErrorLog::open_targets([(Some(a.as_path()), LogLevel::Error)], &mut opened).expect("a");
+        assert_eq!(opened.len(), 2);
+        for level in ["crit", "error", "warn", "info", "debug"] {
+            log.write_line(&nginx_line(level, level, None, &req()));
+        }
+        again.write_line(&nginx_line("error", "again", None, &req()));
+        let read = |p: &Path| std::fs::read_to_string(p).expect("read");
+        let a = read(&a);
+        assert!(a.contains("[crit] ") && a.contains("again"), "{a}");
+        assert_eq!(a.lines().count(), 2, "{a}");
+        let b = read(&b);
+        assert_eq!(b.lines().count(), 4, "{b}");
+        assert!(!b.contains("[debug]"), "{b}");
+        assert_eq!(line_level("no level here"), LogLevel::Error);
+    }
+
+    #[test]
+    fn levels_follow_nginx() {
+        let f = |c, m: &str| Failure::new(c, m, "").level();
+        assert_eq!(f(Cause::ConnectSocketMissing, ""), "crit");
+        assert_eq!(f(Cause::ConnectSocketStale, ""), "error");
+        assert_eq!(f(Cause::ConnectBacklogFull, ""), "error");
+        assert_eq!(
+            f(
+                Cause::ConnectFailed,
+                "connect() failed (99: Cannot assign requested address)"
+            ),
+            "crit"
+        );
+        assert_eq!(
+            f(
+                Cause::ConnectFailed,
+                "connect() failed (104: Connection reset by peer)"
+            ),
+            "error"
+        );
+        assert_eq!(f(Cause::HeaderTimeout, ""), "error");
+        assert_eq!(f(Cause::BodyTooLong, ""), "warn");
+        assert_eq!(f(Cause::ClientClosed, ""), "info");
     }
 
     #[test]

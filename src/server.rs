@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TcpSocketOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
@@ -54,21 +55,33 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let listens: Vec<_> = config
+    let all: Vec<_> = config
         .servers
         .iter()
         .flat_map(|s| s.listen.clone())
         .collect();
+    // One socket per address; an address under its port's wildcard listen
+    // shares the wildcard's (nginx without `bind`).
+    let listens: Vec<_> = crate::proxy::route::bind_listens(&all)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let h2c = all.iter().any(|l| l.tls.is_none() && l.http2);
     let rt = Runtime::new(config).map_err(|e| format!("cannot open log: {e}"))?;
     let mut svc =
         pingora_proxy::http_proxy_service(&server.configuration, Why502 { rt: Arc::new(rt) });
-    let mut seen = std::collections::HashSet::new();
-    let mut h2c = false;
-    for l in listens {
-        if !seen.insert(l.addr) {
-            continue;
-        }
+    for l in listens.iter() {
         let addr = l.addr.to_string();
+        // `[::]:80` next to an IPv4 listen on port 80: IPv6 only (nginx's
+        // ipv6only=on), so both can be bound.
+        let mut sock = TcpSocketOptions::default();
+        if l.addr.is_ipv6()
+            && listens
+                .iter()
+                .any(|o| o.addr.is_ipv4() && o.addr.port() == l.addr.port())
+        {
+            sock.ipv6_only = Some(true);
+        }
         match &l.tls {
             Some(t) => {
                 let cert = t.cert.to_string_lossy();
@@ -78,12 +91,9 @@ pub fn run(config: Config) -> Result<(), String> {
                 if l.http2 {
                     tls.enable_h2();
                 }
-                svc.add_tls_with_settings(&addr, None, tls);
+                svc.add_tls_with_settings(&addr, Some(sock), tls);
             }
-            None => {
-                h2c |= l.http2;
-                svc.add_tcp(&addr);
-            }
+            None => svc.add_tcp_with_settings(&addr, sock),
         }
     }
     if h2c {

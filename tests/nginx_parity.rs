@@ -9,6 +9,13 @@
 //! convert` makes of the same nginx.conf: it must answer every request
 //! exactly like the `--nginx-conf` one (no allowances).
 //!
+//! Both write access logs with a `log_format` using every variable why502
+//! supports; the lines are compared field by field (times, ports and
+//! connection numbers masked; `$body_bytes_sent` checked against what each
+//! server really sent). Servers listening on 127.0.0.1 and 127.0.0.2 (and a
+//! wildcard) on one port check selection by local address, and two servers
+//! with `error_log ... crit` / `error` check error-log levels.
+//!
 //! nginx and PHP-FPM are required: if either is missing the test fails.
 
 use std::collections::BTreeMap;
@@ -28,7 +35,8 @@ echo json_encode(['server' => $_SERVER, 'get' => $_GET, 'post' => $_POST,
     'cookie' => $_COOKIE, 'input' => file_get_contents('php://input')]);
 "#;
 
-/// The config both servers run; `@PORT@`, `@WWW@`, `@FPM@`, `@DEAD@` are filled in.
+/// The config both servers run; `@PORT@`, `@PORT2@`, `@PORT3@`, `@LOGS@`,
+/// `@WWW@`, `@FPM@`, `@DEAD@` are filled in.
 const CONF: &str = include_str!("fixtures/nginx/parity.conf");
 
 struct Case {
@@ -137,6 +145,10 @@ fn nginx_and_why502_agree() {
 
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().canonicalize().expect("canon");
+    if std::env::var_os("PARITY_KEEP").is_some() {
+        eprintln!("keeping {}", dir.display());
+        std::mem::forget(tmp);
+    }
     // nginx's workers run as nobody: the tree must be world-readable.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let www = dir.join("www");
@@ -187,24 +199,38 @@ fn nginx_and_why502_agree() {
     };
     let dead = dir.join("dead.sock");
 
-    let conf_for = |port: u16| {
-        CONF.replace("@PORT@", &port.to_string())
+    // Each server: its main port, two more for address selection, its log directory.
+    let inst = |name: &str| {
+        let logs = dir.join(format!("logs-{name}"));
+        std::fs::create_dir_all(&logs).expect("mkdir logs");
+        std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Inst {
+            port: free_port(),
+            port2: free_port(),
+            port3: free_port(),
+            logs,
+        }
+    };
+    let (ni, wi, yi) = (inst("nginx"), inst("why502"), inst("yaml"));
+    let conf_for = |i: &Inst| {
+        CONF.replace("@PORT@", &i.port.to_string())
+            .replace("@PORT2@", &i.port2.to_string())
+            .replace("@PORT3@", &i.port3.to_string())
+            .replace("@LOGS@", &i.logs.display().to_string())
             .replace("@WWW@", &www.display().to_string())
             .replace("@FPM@", &sock.display().to_string())
             .replace("@DEAD@", &dead.display().to_string())
     };
-    let nport = free_port();
-    let wport = free_port();
-    write(&dir.join("nginx.conf"), &conf_for(nport));
-    write(&dir.join("why502.conf"), &conf_for(wport));
+    let (nport, wport, yport) = (ni.port, wi.port, yi.port);
+    write(&dir.join("nginx.conf"), &conf_for(&ni));
+    write(&dir.join("why502.conf"), &conf_for(&wi));
 
     let (_nginx, nlog) = start_nginx(&nginx, &dir);
     let conf = dir.join("why502.conf");
     let (_why, _wlog) = start_why502(&dir, "why502", &["--nginx-conf".as_ref(), conf.as_os_str()]);
     // The third server: why502 on the YAML `why502 convert` makes of the
     // same nginx.conf must answer exactly like `--nginx-conf`.
-    let yport = free_port();
-    write(&dir.join("why502-yaml.conf"), &conf_for(yport));
+    write(&dir.join("why502-yaml.conf"), &conf_for(&yi));
     let converted = Command::new(env!("CARGO_BIN_EXE_why502"))
         .arg("convert")
         .arg("--nginx-conf")
@@ -338,12 +364,32 @@ fn nginx_and_why502_agree() {
         )
     });
 
-    let ports = [nport, wport, yport];
+    cases.push(case(
+        "log escaping",
+        "GET /a.txt?x=%22q&y HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: a\"b\\c\u{e9}\tz\r\nReferer: http://r.test/\"x\r\nX-Custom-Header:\r\nCookie: b=2; a=x%20y\r\nConnection: close\r\n\r\n",
+    ));
+    cases.push(case(
+        "assets log in json and unescaped",
+        "GET /assets/app.js?k=%22v HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: q\"uote\\\u{e9}\r\nConnection: close\r\n\r\n",
+    ));
+
+    let ports = [
+        nport, wport, yport, ni.port2, wi.port2, yi.port2, ni.port3, wi.port3, yi.port3,
+    ];
     let mut failures = Vec::new();
-    for c in &cases {
-        let n = view(&send(nport, &c.raw), &ports);
-        let w = view(&send(wport, &c.raw), &ports);
-        let y = view(&send(yport, &c.raw), &ports);
+    // What each server sent per case (tag → body length, chunked?), for $body_bytes_sent.
+    let mut sent: [BTreeMap<String, (usize, bool)>; 3] = Default::default();
+    for (i, c) in cases.iter().enumerate() {
+        // Every request carries its case number, logged as $http_x_parity_case.
+        let raw = tag(&c.raw, i);
+        let rs = [send(nport, &raw), send(wport, &raw), send(yport, &raw)];
+        for (k, r) in rs.iter().enumerate() {
+            let chunked = r
+                .header("Transfer-Encoding")
+                .is_some_and(|t| t.contains("chunked"));
+            sent[k].insert(i.to_string(), (r.body.len(), chunked));
+        }
+        let [n, w, y] = rs.map(|r| view(&r, &ports));
         // No allowances: the converted YAML is the same configuration.
         let keys: std::collections::BTreeSet<&String> = w.keys().chain(y.keys()).collect();
         for k in keys {
@@ -371,6 +417,10 @@ fn nginx_and_why502_agree() {
         // Each case must really exercise something: nginx must not have failed on the setup.
         assert!(n.contains_key("status"), "{}", c.name);
     }
+    let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    compare_access_logs(&[&ni, &wi, &yi], &names, &sent, &ports, &mut failures);
+    compare_addr_selection(&[&ni, &wi, &yi], &ports, &mut failures);
+    compare_error_levels(&[&ni, &wi, &yi], &ports, &mut failures);
     // Sanity: the dump really ran for the PHP cases (both).
     let r = send(
         wport,
@@ -417,6 +467,363 @@ fn nginx_and_why502_agree() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// One server under test: its ports and log directory.
+struct Inst {
+    port: u16,
+    port2: u16,
+    port3: u16,
+    logs: PathBuf,
+}
+
+const WHO: [&str; 3] = ["nginx", "why502 --nginx-conf", "why502 --config"];
+
+/// Adds `X-Parity-Case: i` after the request line.
+fn tag(raw: &str, i: usize) -> String {
+    match raw.find("\r\n") {
+        Some(p) => format!("{}X-Parity-Case: {i}\r\n{}", &raw[..p + 2], &raw[p + 2..]),
+        None => raw.to_string(),
+    }
+}
+
+/// The lines of a log once they stop growing (why502 writes its access
+/// logs within 100 ms), at least `min` of them.
+fn log_lines(path: &Path, min: usize) -> Vec<String> {
+    let t0 = std::time::Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let done = lines.len() >= min && lines.len() == last;
+        if done || t0.elapsed() > std::time::Duration::from_secs(5) {
+            return lines;
+        }
+        last = lines.len();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// The fields of the `parity` log_format, in order.
+const LOG_FIELDS: &[&str] = &[
+    "case",
+    "remote_addr",
+    "remote_user",
+    "time_local",
+    "time_iso8601",
+    "msec",
+    "request",
+    "status",
+    "body_bytes_sent",
+    "bytes_sent",
+    "http_referer",
+    "http_user_agent",
+    "http_x_custom_header",
+    "request_time",
+    "upstream_response_time",
+    "upstream_addr",
+    "upstream_status",
+    "request_method",
+    "request_uri",
+    "uri",
+    "args",
+    "query_string",
+    "is_args",
+    "arg_x",
+    "cookie_a",
+    "host",
+    "server_name",
+    "server_addr",
+    "server_port",
+    "remote_port",
+    "scheme",
+    "https",
+    "server_protocol",
+    "content_type",
+    "content_length",
+    "request_length",
+    "connection",
+    "connection_requests",
+    "pipe",
+    "request_id",
+    "document_root",
+    "hostname",
+    "nginx_version",
+    "sent_http_content_type",
+    "sent_http_location",
+    "who",
+];
+
+/// A log field with what legitimately differs masked: times, durations,
+/// ports, connection numbers, request ids (nginx: 32 hex digits, why502: 16).
+fn mask(field: &str, v: &str, ports: &[u16]) -> String {
+    let re = |p: &str| regex::Regex::new(p).expect("regex").is_match(v);
+    let masked = match field {
+        "time_local" if re(r"^\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}$") => "TIME",
+        "time_iso8601" if re(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$") => "TIME",
+        "msec" | "request_time" if re(r"^\d+\.\d{3}$") => "SECS",
+        "upstream_response_time" if re(r"^\d+\.\d{3}(, \d+\.\d{3})*$") => "SECS",
+        "bytes_sent" | "remote_port" | "connection" if re(r"^\d+$") => "N",
+        "server_port" if ports.iter().any(|p| p.to_string() == v) => "PORT",
+        "request_id" if re(r"^[0-9a-f]{16}([0-9a-f]{16})?$") => "ID",
+        _ => return normalize(v, ports),
+    };
+    masked.to_string()
+}
+
+fn compare_access_logs(
+    inst: &[&Inst; 3],
+    names: &[&str],
+    sent: &[BTreeMap<String, (usize, bool)>; 3],
+    ports: &[u16],
+    failures: &mut Vec<String>,
+) {
+    let read = |i: &Inst, f: &str, min: usize| log_lines(&i.logs.join(f), min);
+    let nginx = read(inst[0], "access.log", 1);
+    assert!(
+        nginx.len() > names.len() / 2,
+        "nginx wrote only {} access-log lines",
+        nginx.len()
+    );
+    // nginx rejects `/%2e%2e/...` while parsing the request line (400):
+    // it logs the request without having read its headers, so without the
+    // case number; why502 has read them.
+    let traversal = names
+        .iter()
+        .position(|n| *n == "traversal")
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    let header_fields = [
+        "case",
+        "request_uri",
+        "uri",
+        "host",
+        "request_length",
+        "http_user_agent",
+        "http_referer",
+        "http_x_custom_header",
+        "cookie_a",
+    ];
+    // By case number: (case, fields).
+    let parse = |lines: &[String]| -> BTreeMap<String, Vec<String>> {
+        lines
+            .iter()
+            .map(|l| {
+                let f: Vec<String> = l.split('|').map(str::to_string).collect();
+                let case = if f[0] == "-" {
+                    traversal.clone()
+                } else {
+                    f[0].clone()
+                };
+                (case, f)
+            })
+            .collect()
+    };
+    let logs: Vec<BTreeMap<String, Vec<String>>> = inst
+        .iter()
+        .map(|i| parse(&read(i, "access.log", nginx.len())))
+        .collect();
+    // Documented divergence: why502's failure page is UTF-8 HTML.
+    let failure_cases = ["dead socket", "read timeout", "body too large"];
+    for k in 1..3 {
+        let keys: std::collections::BTreeSet<&String> =
+            logs[0].keys().chain(logs[k].keys()).collect();
+        for case in keys {
+            let name = case
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| names.get(i))
+                .copied()
+                .unwrap_or("?");
+            let (Some(a), Some(b)) = (logs[0].get(case), logs[k].get(case)) else {
+                failures.push(format!(
+                    "access.log, case {name}: logged by {} only",
+                    if logs[0].contains_key(case) {
+                        WHO[0]
+                    } else {
+                        WHO[k]
+                    }
+                ));
+                continue;
+            };
+            if a.len() != LOG_FIELDS.len() || b.len() != LOG_FIELDS.len() {
+                failures.push(format!("access.log, case {name}: {a:?}\n    {b:?}"));
+                continue;
+            }
+            for (j, field) in LOG_FIELDS.iter().enumerate() {
+                if *field == "sent_http_content_type" && failure_cases.contains(&name) {
+                    continue;
+                }
+                if *field == "body_bytes_sent" {
+                    continue; // checked against what was sent, below
+                }
+                if *case == traversal && header_fields.contains(field) {
+                    continue;
+                }
+                let (x, y) = (mask(field, &a[j], ports), mask(field, &b[j], ports));
+                if x != y {
+                    failures.push(format!(
+                        "access.log, case {name}: ${field}\n    {}: {x:?}\n    {}: {y:?}",
+                        WHO[0], WHO[k]
+                    ));
+                }
+            }
+        }
+    }
+    // $body_bytes_sent is what each server really sent: the body, plus (for
+    // nginx) the framing of a chunked one (documented).
+    for k in 0..3 {
+        for (case, f) in &logs[k] {
+            let logged: usize = f.get(8).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+            let (real, chunked) = sent[k].get(case).copied().unwrap_or((0, false));
+            let ok = if k == 0 && chunked {
+                logged >= real + 5
+            } else {
+                logged == real
+            };
+            if !ok {
+                failures.push(format!(
+                    "access.log of {}, case {case}: $body_bytes_sent {logged}, sent {real}",
+                    WHO[k]
+                ));
+            }
+        }
+    }
+    // Location-level logs in other formats (escape=json, escape=none), and
+    // `access_log off` (/private/): nothing of them in access.log.
+    for f in ["assets.log", "assets-none.log"] {
+        let n = read(inst[0], f, 1);
+        assert!(!n.is_empty(), "nginx wrote nothing to {f}");
+        for k in 1..3 {
+            let w = read(inst[k], f, n.len());
+            if n != w {
+                failures.push(format!("{f}\n    {}: {n:?}\n    {}: {w:?}", WHO[0], WHO[k]));
+            }
+        }
+    }
+}
+
+/// Requests to 127.0.0.1/.2/.3 on a port with a wildcard listen and to
+/// 127.0.0.1/.2 on a port with two specific listens: the server is chosen
+/// by the local address, then Host, the default per address.
+fn compare_addr_selection(inst: &[&Inst; 3], ports: &[u16], failures: &mut Vec<String>) {
+    let req = |host: &str| {
+        if host.is_empty() {
+            "GET / HTTP/1.0\r\n\r\n".to_string()
+        } else {
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+        }
+    };
+    let cases: &[(&str, bool, &str, &str)] = &[
+        // (ip, second port?, host, server nginx picks)
+        ("127.0.0.1", true, "wild.test", "wild"),
+        ("127.0.0.1", true, "two.test", "wild"),
+        ("127.0.0.3", true, "two.test", "wild"),
+        ("127.0.0.2", true, "two.test", "two"),
+        ("127.0.0.2", true, "wild.test", "two-default"),
+        ("127.0.0.2", true, "", "two-default"),
+        ("127.0.0.1", false, "only2.test", "both"),
+        ("127.0.0.2", false, "x.test", "only2"),
+        ("127.0.0.2", false, "both.test", "both"),
+    ];
+    for (ip, second, host, want) in cases {
+        let mut got = Vec::new();
+        for i in inst {
+            let port = if *second { i.port2 } else { i.port3 };
+            let r = send_to(ip, port, &req(host));
+            got.push(format!(
+                "{} {}",
+                r.status,
+                normalize(&String::from_utf8_lossy(&r.body), ports)
+            ));
+        }
+        if !got[0].starts_with(&format!("200 {want} {ip} ")) {
+            failures.push(format!(
+                "{ip} {host:?}: nginx answered {:?}, expected {want}",
+                got[0]
+            ));
+        }
+        for k in 1..3 {
+            if got[k] != got[0] {
+                failures.push(format!(
+                    "address selection {ip} {host:?}\n    {}: {:?}\n    {}: {:?}",
+                    WHO[0], got[0], WHO[k], got[k]
+                ));
+            }
+        }
+    }
+    // Server-level access logs in the combined format.
+    let lines = |i: &Inst, min| {
+        log_lines(&i.logs.join("addr.log"), min)
+            .iter()
+            .map(|l| {
+                let l = regex::Regex::new(r"\[[^\]]+\]")
+                    .expect("re")
+                    .replace(l, "[TIME]");
+                normalize(&l, ports)
+            })
+            .collect::<Vec<_>>()
+    };
+    let n = lines(inst[0], cases.len());
+    assert_eq!(n.len(), cases.len(), "nginx's addr.log: {n:#?}");
+    for k in 1..3 {
+        let w = lines(inst[k], n.len());
+        if w != n {
+            failures.push(format!(
+                "addr.log\n    {}: {n:#?}\n    {}: {w:#?}",
+                WHO[0], WHO[k]
+            ));
+        }
+    }
+}
+
+/// `error_log FILE crit` keeps the connect() failure (crit) and drops the
+/// timeout (error); `error_log FILE` (error) keeps both.
+fn compare_error_levels(inst: &[&Inst; 3], ports: &[u16], failures: &mut Vec<String>) {
+    for i in inst {
+        for host in ["crit.test", "err.test"] {
+            for path in ["/slow.php", "/dead.php"] {
+                let raw =
+                    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                let r = send_to("127.0.0.1", i.port3, &raw);
+                assert!(
+                    r.status == 502 || r.status == 504,
+                    "{host}{path}: {}",
+                    r.status
+                );
+            }
+        }
+    }
+    let pid = regex::Regex::new(r"^\S+ \S+ (\[\w+\]) \d+#\d+: \*\d+ ").expect("re");
+    let read = |i: &Inst, f: &str, min: usize| -> Vec<String> {
+        let mut v: Vec<String> = log_lines(&i.logs.join(f), min)
+            .iter()
+            .map(|l| {
+                // why502's own fields come after nginx's.
+                let l = l.split(", cause: ").next().unwrap_or(l);
+                normalize(&pid.replace(l, "$1 "), ports)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for (f, want) in [("crit.log", 1), ("err.log", 2)] {
+        let n = read(inst[0], f, want);
+        assert_eq!(n.len(), want, "nginx's {f}: {n:#?}");
+        assert!(
+            n.iter().all(|l| !l.contains("[error]") || f == "err.log"),
+            "{n:#?}"
+        );
+        for k in 1..3 {
+            let w = read(inst[k], f, want);
+            if w != n {
+                failures.push(format!(
+                    "{f}\n    {}: {n:#?}\n    {}: {w:#?}",
+                    WHO[0], WHO[k]
+                ));
+            }
+        }
+    }
 }
 
 fn walk(d: &Path) -> Vec<PathBuf> {

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 pub use template::{Template, Var};
 
+pub use crate::accesslog::{Escape as LogEscape, LogFormat};
+
 /// Where a piece of configuration came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {
@@ -103,6 +105,8 @@ impl Config {
                 rewrites: Vec::new(),
                 base: None,
                 absolute_redirect: false,
+                access_log: None,
+                error_log: Vec::new(),
             }],
             diagnostics: Diagnostics::default(),
             logging: Logging::default(),
@@ -113,14 +117,89 @@ impl Config {
 }
 
 /// Where logs go. `None` = standard error.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Logging {
-    /// nginx-format error log.
+    /// nginx-format error log (the main level: what no server overrides).
     pub error_log: Option<PathBuf>,
+    /// Lines less severe than this are not written to `error_log`.
+    pub error_level: LogLevel,
     /// Structured JSON events (one line per failure).
     pub events: Option<PathBuf>,
-    /// Access log (nginx combined format); None = off.
-    pub access_log: Option<PathBuf>,
+    /// The http-level `access_log`s: servers and locations without an
+    /// `access_log` of their own write these (empty = none).
+    pub access_log: Vec<AccessLog>,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            error_log: None,
+            // why502's default: every diagnosed failure, client aborts included.
+            error_level: LogLevel::Info,
+            events: None,
+            access_log: Vec::new(),
+        }
+    }
+}
+
+/// nginx's error-log levels, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    Emerg,
+    Alert,
+    Crit,
+    Error,
+    Warn,
+    Notice,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub const ALL: [LogLevel; 8] = [
+        LogLevel::Emerg,
+        LogLevel::Alert,
+        LogLevel::Crit,
+        LogLevel::Error,
+        LogLevel::Warn,
+        LogLevel::Notice,
+        LogLevel::Info,
+        LogLevel::Debug,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Emerg => "emerg",
+            LogLevel::Alert => "alert",
+            LogLevel::Crit => "crit",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Notice => "notice",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        LogLevel::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+/// One `error_log` of a server: a file (None = standard error) and the
+/// least severe level written to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorLogTarget {
+    pub path: Option<PathBuf>,
+    pub level: LogLevel,
+}
+
+/// One `access_log path [format] [if=condition]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    pub path: PathBuf,
+    pub format: Arc<LogFormat>,
+    /// `if=`: the line is skipped when this renders empty or `0`.
+    pub condition: Option<Arc<LogFormat>>,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +319,10 @@ pub struct Server {
     /// Make redirects to `/path` absolute (`http://host:port/path`) like
     /// nginx's `absolute_redirect on` (the nginx front end's default).
     pub absolute_redirect: bool,
+    /// The server's `access_log`s: None = the http level's; empty = off.
+    pub access_log: Option<Vec<AccessLog>>,
+    /// The server's `error_log`s (empty = the main error log).
+    pub error_log: Vec<ErrorLogTarget>,
 }
 
 #[derive(Debug, Clone)]
@@ -289,6 +372,8 @@ pub struct Location {
     pub client_max_body_size: Option<u64>,
     /// `internal`: only reachable through internal redirects.
     pub internal: bool,
+    /// The location's `access_log`s: None = the enclosing level's; empty = off.
+    pub access_log: Option<Vec<AccessLog>>,
 }
 
 impl Location {
@@ -313,6 +398,7 @@ impl Location {
             access: Vec::new(),
             client_max_body_size: None,
             internal: false,
+            access_log: None,
         }
     }
 }

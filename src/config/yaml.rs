@@ -232,9 +232,152 @@ struct File {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LogFile {
-    error_log: Option<String>,
+    error_log: Option<ErrorLogFile>,
     events: Option<String>,
-    access_log: Option<String>,
+    /// The http level's access logs.
+    access_log: Option<AccessLogFile>,
+    /// `log_format`s by name: a format string, or `{ format, escape }`.
+    #[serde(default)]
+    log_formats: BTreeMap<String, LogFormatFile>,
+}
+
+/// An error log: `PATH` / `stderr`, or `{ path: PATH, level: warn }`
+/// (level `info` when not given).
+struct ErrorLogFile {
+    path: String,
+    level: LogLevel,
+}
+
+impl<'de> Deserialize<'de> for ErrorLogFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_yaml::Value;
+        let (path, level) = match Value::deserialize(d)? {
+            Value::String(p) => (p, None),
+            m @ Value::Mapping(_) => {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Long {
+                    path: String,
+                    level: Option<String>,
+                }
+                let l = Long::deserialize(m)
+                    .map_err(|e| de::Error::custom(format!("error_log: {e}")))?;
+                (l.path, l.level)
+            }
+            _ => {
+                return Err(de::Error::custom(
+                    "error_log: expected a path, stderr, or { path, level }",
+                ))
+            }
+        };
+        let level = match level {
+            None => LogLevel::Info,
+            Some(l) => LogLevel::parse(&l).ok_or_else(|| {
+                de::Error::custom(format!(
+                    "invalid log level \"{l}\" (expected debug, info, notice, warn, error, crit, alert or emerg)"
+                ))
+            })?,
+        };
+        Ok(ErrorLogFile { path, level })
+    }
+}
+
+impl ErrorLogFile {
+    fn target(self) -> ErrorLogTarget {
+        ErrorLogTarget {
+            path: (self.path != "stderr").then(|| PathBuf::from(self.path)),
+            level: self.level,
+        }
+    }
+}
+
+/// One error log or a list of them.
+struct ErrorLogs(Vec<ErrorLogFile>);
+
+impl<'de> Deserialize<'de> for ErrorLogs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Sequence(s) => s,
+            other => vec![other],
+        };
+        items
+            .into_iter()
+            .map(|i| ErrorLogFile::deserialize(i).map_err(de::Error::custom))
+            .collect::<Result<Vec<_>, _>>()
+            .map(ErrorLogs)
+    }
+}
+
+/// `access_log`: `off`, a path (why502's format), `{ path, format, if }`,
+/// or a list of paths and mappings.
+enum AccessLogFile {
+    Off,
+    Logs(Vec<AccessLogItem>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogItem {
+    path: String,
+    /// A `log_formats` name, `combined` or `why502` (the default).
+    format: Option<String>,
+    /// Skip the line when this renders empty or `0` (nginx `if=`).
+    #[serde(rename = "if")]
+    condition: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for AccessLogFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde_yaml::Value;
+        let item = |v: Value| -> Result<AccessLogItem, String> {
+            match v {
+                Value::String(s) if s == "off" => {
+                    Err("access_log: \"off\" cannot be combined with other logs".into())
+                }
+                Value::String(path) => Ok(AccessLogItem {
+                    path,
+                    format: None,
+                    condition: None,
+                }),
+                m @ Value::Mapping(_) => {
+                    AccessLogItem::deserialize(m).map_err(|e| format!("access_log: {e}"))
+                }
+                _ => Err(
+                    "access_log: expected off, a path, { path, format, if } or a list of them"
+                        .into(),
+                ),
+            }
+        };
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "off" => Ok(AccessLogFile::Off),
+            Value::Bool(false) => Ok(AccessLogFile::Off),
+            Value::Sequence(s) => s
+                .into_iter()
+                .map(item)
+                .collect::<Result<Vec<_>, _>>()
+                .map(AccessLogFile::Logs)
+                .map_err(de::Error::custom),
+            v => item(v)
+                .map(|i| AccessLogFile::Logs(vec![i]))
+                .map_err(de::Error::custom),
+        }
+    }
+}
+
+/// A `log_formats` entry: the format string, or `{ format, escape }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LogFormatFile {
+    Plain(String),
+    Long(LogFormatLong),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFormatLong {
+    format: String,
+    /// `default`, `json` or `none` (nginx's `escape=`).
+    escape: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +476,10 @@ struct ServerFile {
     expires: Option<ExpiresFile>,
     error_pages: Option<Vec<ErrorPageFile>>,
     access: Option<Vec<AccessFile>>,
+    /// Replaces `log.access_log` for this server (`off`: none).
+    access_log: Option<AccessLogFile>,
+    /// The server's own error log(s), instead of `log.error_log`.
+    error_log: Option<ErrorLogs>,
     #[serde(default)]
     locations: Vec<LocationFile>,
 }
@@ -441,6 +588,8 @@ struct LocationFile {
     expires: Option<ExpiresFile>,
     error_pages: Option<Vec<ErrorPageFile>>,
     access: Option<Vec<AccessFile>>,
+    /// Replaces the enclosing level's access logs (`off`: none).
+    access_log: Option<AccessLogFile>,
     #[serde(default)]
     locations: Vec<LocationFile>,
 }
@@ -680,11 +829,104 @@ fn line_of(text: &str, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// `log.log_formats` compiled, by name.
+type Formats = BTreeMap<String, Arc<LogFormat>>;
+
+fn compile_formats(
+    src: BTreeMap<String, LogFormatFile>,
+    origin: &dyn Fn(&str) -> Origin,
+) -> Result<Formats, ConfigError> {
+    let mut out = Formats::new();
+    for (name, f) in src {
+        let here = origin(&format!("{name}:"));
+        if LogFormat::builtin(&name).is_some() {
+            return Err(ConfigError::new(
+                here,
+                format!("log.log_formats.{name}: combined and why502 are built in"),
+            ));
+        }
+        let (source, escape) = match f {
+            LogFormatFile::Plain(s) => (s, None),
+            LogFormatFile::Long(l) => (l.format, l.escape),
+        };
+        let escape = match escape.as_deref() {
+            None => LogEscape::Default,
+            Some(e) => LogEscape::parse(e).ok_or_else(|| {
+                ConfigError::new(
+                    here.clone(),
+                    format!(
+                        "log.log_formats.{name}: unknown escape \"{e}\" (expected default, json or none)"
+                    ),
+                )
+            })?,
+        };
+        let f = USER_VARS
+            .with(|u| {
+                let u = u.borrow();
+                LogFormat::compile(&name, escape, &source, &|n| u.contains(n))
+            })
+            .map_err(|e| ConfigError::new(here, format!("log.log_formats.{name}: {e}")))?;
+        out.insert(name, Arc::new(f));
+    }
+    Ok(out)
+}
+
+/// An `access_log` key: None = inherited, empty = off.
+fn access_logs(
+    a: Option<AccessLogFile>,
+    formats: &Formats,
+    origin: &dyn Fn(&str) -> Origin,
+) -> Result<Option<Vec<AccessLog>>, ConfigError> {
+    let items = match a {
+        None => return Ok(None),
+        Some(AccessLogFile::Off) => return Ok(Some(Vec::new())),
+        Some(AccessLogFile::Logs(items)) => items,
+    };
+    let mut out = Vec::new();
+    for i in items {
+        let here = origin(&i.path);
+        let format = match &i.format {
+            None => LogFormat::why502(),
+            Some(n) => formats
+                .get(n)
+                .cloned()
+                .or_else(|| LogFormat::builtin(n))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        here.clone(),
+                        format!(
+                            "access_log: unknown log format \"{n}\" (define it in log.log_formats; combined and why502 are built in)"
+                        ),
+                    )
+                })?,
+        };
+        let condition = match &i.condition {
+            None => None,
+            Some(c) => Some(Arc::new(
+                USER_VARS
+                    .with(|u| {
+                        let u = u.borrow();
+                        LogFormat::compile("if", LogEscape::None, c, &|n| u.contains(n))
+                    })
+                    .map_err(|e| ConfigError::new(here.clone(), format!("access_log.if: {e}")))?,
+            )),
+        };
+        out.push(AccessLog {
+            path: PathBuf::from(i.path),
+            format,
+            condition,
+        });
+    }
+    Ok(Some(out))
+}
+
 fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
     let origin = |needle: &str| Origin {
         file: name.to_string(),
         line: line_of(text, needle),
     };
+    let mut file = file;
+    let formats = compile_formats(std::mem::take(&mut file.log.log_formats), &origin)?;
     let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
     for (uname, u) in file.upstreams {
         if u.servers.is_empty() {
@@ -768,8 +1010,13 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
         )?;
         let mut locations = Vec::new();
         for l in s.locations {
-            locations.push(convert_location(l, &upstreams, &origin, &inh)?);
+            locations.push(convert_location(l, &upstreams, &formats, &origin, &inh)?);
         }
+        let access_log = access_logs(s.access_log, &formats, &origin)?;
+        let error_log = s
+            .error_log
+            .map(|e| e.0.into_iter().map(ErrorLogFile::target).collect())
+            .unwrap_or_default();
         let base = if s.serve_unmatched {
             let mut b = Location::new(Match::Prefix(String::new()), server_origin.clone());
             inh.apply(&mut b);
@@ -798,6 +1045,8 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
             rewrites: convert_script(s.rewrites, &origin)?,
             base,
             absolute_redirect: s.absolute_redirect,
+            access_log,
+            error_log,
         });
     }
 
@@ -815,14 +1064,16 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
         }
     }
     let log_path = |s: Option<String>| s.filter(|s| s != "stderr").map(PathBuf::from);
+    let main = file.log.error_log.map(ErrorLogFile::target);
     Ok(Config {
         source: name.to_string(),
         servers,
         diagnostics,
         logging: Logging {
-            error_log: log_path(file.log.error_log),
+            error_log: main.as_ref().and_then(|t| t.path.clone()),
+            error_level: main.map_or(LogLevel::Info, |t| t.level),
             events: log_path(file.log.events),
-            access_log: log_path(file.log.access_log.filter(|s| s != "off")),
+            access_log: access_logs(file.log.access_log, &formats, &origin)?.unwrap_or_default(),
         },
         threads: file.threads,
         warnings: Vec::new(),
@@ -1048,6 +1299,7 @@ fn convert_script(
 fn convert_location(
     l: LocationFile,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    formats: &Formats,
     origin: &dyn Fn(&str) -> Origin,
     parent: &Inherit,
 ) -> Result<Location, ConfigError> {
@@ -1231,9 +1483,10 @@ fn convert_location(
     inh.apply(&mut loc);
     loc.script = convert_script(l.script, origin)?;
     loc.internal = l.internal;
+    loc.access_log = access_logs(l.access_log, formats, origin)?;
     for child in l.locations {
         loc.locations
-            .push(convert_location(child, upstreams, origin, &inh)?);
+            .push(convert_location(child, upstreams, formats, origin, &inh)?);
     }
     Ok(loc)
 }
@@ -1364,6 +1617,117 @@ servers:
         let hp = s.locations[1].proxy.as_ref().expect("proxy");
         assert_eq!(hp.set_headers[0].0, "B");
         assert!(s.locations[1].add_headers[0].always);
+    }
+
+    #[test]
+    fn log_keys() {
+        let text = r#"
+log:
+  error_log: { path: /tmp/e.log, level: warn }
+  access_log: /tmp/a.log
+  log_formats:
+    main: '$remote_addr $status $why502_cause $who'
+    js: { format: '{"u":"$uri"}', escape: json }
+servers:
+  - listen: [8080]
+    rewrites: [{ set: { name: who, value: x } }]
+    access_log:
+      - { path: /tmp/s.log, format: main }
+      - { path: /tmp/j.log, format: js, if: $arg_log }
+      - /tmp/w.log
+    error_log: [/tmp/s-err.log, { path: stderr, level: crit }]
+    locations:
+      - prefix: /
+        access_log: off
+      - prefix: /c/
+        access_log: { path: /tmp/c.log, format: Combined }
+  - listen: [8081]
+"#;
+        let c = load_str(text, "t.yaml").expect("config");
+        assert_eq!(
+            c.logging.error_log.as_deref(),
+            Some(Path::new("/tmp/e.log"))
+        );
+        assert_eq!(c.logging.error_level, LogLevel::Warn);
+        let a = &c.logging.access_log;
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].format.name, "why502", "a bare path: why502's format");
+        let s = &c.servers[0];
+        let sl = s.access_log.as_ref().expect("server logs");
+        let names: Vec<&str> = sl.iter().map(|l| l.format.name.as_str()).collect();
+        assert_eq!(names, ["main", "js", "why502"]);
+        assert_eq!(sl[1].format.escape, LogEscape::Json);
+        assert_eq!(
+            sl[1].condition.as_ref().map(|c| c.source.as_str()),
+            Some("$arg_log")
+        );
+        assert_eq!(
+            s.error_log,
+            [
+                ErrorLogTarget {
+                    path: Some("/tmp/s-err.log".into()),
+                    level: LogLevel::Info
+                },
+                ErrorLogTarget {
+                    path: None,
+                    level: LogLevel::Crit
+                }
+            ]
+        );
+        assert_eq!(s.locations[0].access_log.as_ref().map(Vec::len), Some(0));
+        let cl = s.locations[1].access_log.as_ref().expect("c");
+        assert!(cl[0].format.builtin && cl[0].format.name == "combined");
+        assert!(c.servers[1].access_log.is_none() && c.servers[1].error_log.is_empty());
+        // Defaults: no access log, stderr at info (client aborts included).
+        let c = load_str("servers:\n  - listen: [8080]\n", "t.yaml").expect("config");
+        assert!(c.logging.access_log.is_empty() && c.logging.error_log.is_none());
+        assert_eq!(c.logging.error_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn log_key_errors() {
+        let base = "servers:\n  - listen: [8080]\n";
+        for (extra, needle, line) in [
+            (
+                "    access_log: { path: /x, format: nope }\n",
+                "unknown log format \"nope\"",
+                3,
+            ),
+            (
+                "    error_log: { path: /x, level: loud }\n",
+                "invalid log level",
+                3,
+            ),
+            (
+                "    access_log: [off, /x]\n",
+                "\"off\" cannot be combined",
+                3,
+            ),
+            (
+                "log:\n  log_formats:\n    combined: '$uri'\n",
+                "built in",
+                5,
+            ),
+            (
+                "log:\n  log_formats:\n    a: '$nope'\n",
+                "unknown \"nope\" variable",
+                5,
+            ),
+            (
+                "log:\n  log_formats:\n    a: { format: '$uri', escape: xml }\n",
+                "unknown escape",
+                5,
+            ),
+            (
+                "    access_log: { path: /x, format: combined, if: '$nope' }\n",
+                "unknown \"nope\" variable",
+                3,
+            ),
+        ] {
+            let e = load_str(&format!("{base}{extra}"), "t.yaml").expect_err(extra);
+            assert!(e.to_string().contains(needle), "{extra}: {e}");
+            assert_eq!(e.origin.line, line, "{extra}: {e}");
+        }
     }
 
     #[test]

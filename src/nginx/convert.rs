@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use crate::config::units::{parse_duration, parse_size};
 use crate::config::{
-    AccessRule, AddHeader, Addr, Config, ConfigError, Diagnostics, ErrorPage, Expires, FastCgi,
-    HttpProxy, IpNet, Listen, Location, Logging, Match, Origin, Param, Return, Rewrite,
-    RewriteFlag, ScriptOp, Server, Template, TlsFiles, Upstream, UpstreamServer,
+    AccessLog, AccessRule, AddHeader, Addr, Config, ConfigError, Diagnostics, ErrorLogTarget,
+    ErrorPage, Expires, FastCgi, HttpProxy, IpNet, Listen, Location, LogEscape, LogFormat,
+    LogLevel, Logging, Match, Origin, Param, Return, Rewrite, RewriteFlag, ScriptOp, Server,
+    Template, TlsFiles, Upstream, UpstreamServer,
 };
 
 use crate::config::yaml;
@@ -60,9 +61,10 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
         upstreams: HashMap::new(),
         user_vars: HashSet::new(),
         prefix: prefix.to_path_buf(),
-        access_log: None,
-        access_log_off: false,
+        http_access_log: Vec::new(),
         error_log: None,
+        error_level: None,
+        formats: HashMap::new(),
     };
     for w in super::walk(tree) {
         if w.directive.name == "set" {
@@ -84,7 +86,7 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
                     let mut s = cv.http(d.children())?;
                     servers.append(&mut s);
                 }
-                "error_log" => cv.error_log(d)?,
+                "error_log" => cv.main_error_log(d)?,
                 "events" => cv.warn(d, "ignored (why502 uses its own worker threads)"),
                 n if MAIN_HARMLESS.contains(&n) => cv.warn(d, "ignored"),
                 "stream" | "mail" => return Err(err(d, "is not supported")),
@@ -109,12 +111,10 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
         diagnostics: Diagnostics::default(),
         logging: Logging {
             error_log: cv.error_log.clone(),
+            // nginx's default level.
+            error_level: cv.error_level.unwrap_or(LogLevel::Error),
             events: None,
-            access_log: if cv.access_log_off && cv.access_log.is_none() {
-                None
-            } else {
-                cv.access_log.clone()
-            },
+            access_log: std::mem::take(&mut cv.http_access_log),
         },
         threads: 0,
         warnings: cv.warnings,
@@ -190,7 +190,6 @@ const HARMLESS: &[&str] = &[
     "gzip_static",
     "log_not_found",
     "log_subrequest",
-    "log_format",
     "open_log_file_cache",
     "open_file_cache",
     "open_file_cache_valid",
@@ -400,6 +399,24 @@ struct Level {
     absolute_redirect: Option<bool>,
     ssl_cert: Option<PathBuf>,
     ssl_key: Option<PathBuf>,
+    /// `error_log`s of http / server (inherited by servers).
+    error_log: Option<Vec<ErrorLogTarget>>,
+    /// This level's own `access_log`s (not merged: the model keeps
+    /// inheritance, the runtime resolves it).
+    access_log: Option<Vec<AccessLog>>,
+    /// `access_log off` at this level (wins over paths at the same level).
+    access_log_off: bool,
+}
+
+impl Level {
+    /// The level's `access_log` setting: None = inherited, empty = off.
+    fn own_access_log(&self) -> Option<Vec<AccessLog>> {
+        if self.access_log_off {
+            Some(Vec::new())
+        } else {
+            self.access_log.clone()
+        }
+    }
 }
 
 macro_rules! merge_fields {
@@ -450,7 +467,8 @@ impl Level {
             client_body_timeout,
             absolute_redirect,
             ssl_cert,
-            ssl_key
+            ssl_key,
+            error_log
         );
         self
     }
@@ -473,9 +491,13 @@ struct Cv {
     upstreams: HashMap<String, Arc<Upstream>>,
     user_vars: HashSet<String>,
     prefix: PathBuf,
-    access_log: Option<PathBuf>,
-    access_log_off: bool,
+    /// The http level's `access_log`s (the model's `Logging::access_log`).
+    http_access_log: Vec<AccessLog>,
+    /// The main level's `error_log` and level.
     error_log: Option<PathBuf>,
+    error_level: Option<LogLevel>,
+    /// `log_format`s by name.
+    formats: HashMap<String, Arc<LogFormat>>,
 }
 
 /// nginx's built-in `types` when none is configured.
@@ -559,66 +581,169 @@ impl Cv {
         parse_size(d.arg(0).unwrap_or("")).map_err(|e| err(d, e))
     }
 
-    fn error_log(&mut self, d: &Directive) -> Result<(), ConfigError> {
+    /// `error_log FILE [LEVEL]` (`stderr` = standard error); None for
+    /// syslog/memory targets, which are reported and ignored.
+    fn error_log_target(&mut self, d: &Directive) -> Result<Option<ErrorLogTarget>, ConfigError> {
         self.nargs(d, 1, 2)?;
         let p = d.arg(0).unwrap_or("");
-        if p == "stderr" {
-            return Ok(());
-        }
+        let level = match d.arg(1) {
+            None => LogLevel::Error,
+            Some(l) => LogLevel::parse(l)
+                .ok_or_else(|| ConfigError::new(origin(d), format!("invalid log level \"{l}\"")))?,
+        };
         if p.starts_with("syslog:") || p.starts_with("memory:") {
-            self.warn(d, "syslog/memory targets: why502 logs to stderr");
-            return Ok(());
+            self.warn(d, "syslog/memory targets are ignored");
+            return Ok(None);
         }
-        let path = self.path(p);
-        match &self.error_log {
-            None => self.error_log = Some(path),
-            Some(old) if *old == path => {}
-            Some(_) => self.warn(d, "only one error_log is supported; the first one is used"),
+        let path = (p != "stderr").then(|| self.path(p));
+        Ok(Some(ErrorLogTarget { path, level }))
+    }
+
+    /// `error_log` in the main context: the log of everything no server
+    /// overrides (one file; `--error-log` replaces it).
+    fn main_error_log(&mut self, d: &Directive) -> Result<(), ConfigError> {
+        let Some(t) = self.error_log_target(d)? else {
+            return Ok(());
+        };
+        match (&self.error_log, self.error_level) {
+            (_, None) => {
+                self.error_log = t.path;
+                self.error_level = Some(t.level);
+            }
+            (old, Some(l)) if *old == t.path && l == t.level => {}
+            _ => self.warn(
+                d,
+                "only one main-level error_log is supported; the first one is used",
+            ),
         }
         Ok(())
     }
 
-    fn access_log(&mut self, d: &Directive, ctx: &str) -> Result<(), ConfigError> {
+    /// `error_log` in http or server: every one of a level is written.
+    fn level_error_log(&mut self, l: &mut Level, d: &Directive) -> Result<(), ConfigError> {
+        let target = self.error_log_target(d)?;
+        // Any error_log replaces the inherited ones, even one we ignore.
+        let targets = l.error_log.get_or_insert_with(Vec::new);
+        if let Some(t) = target.filter(|t| !targets.contains(t)) {
+            targets.push(t);
+        }
+        Ok(())
+    }
+
+    /// `access_log path [format [buffer=size] [flush=time] [if=condition]]`
+    /// or `access_log off`.
+    fn access_log(&mut self, l: &mut Level, d: &Directive) -> Result<(), ConfigError> {
         self.nargs(d, 1, 8)?;
         let p = d.arg(0).unwrap_or("");
+        // Any access_log replaces the inherited ones, even one we ignore.
+        l.access_log.get_or_insert_with(Vec::new);
         if p == "off" {
-            if ctx == "http" {
-                self.access_log_off = true;
-            } else {
-                self.warn(
-                    d,
-                    "per-server/location \"access_log off\" is ignored: why502 has one access log",
-                );
+            if let Some(x) = d.arg(1) {
+                return Err(ConfigError::new(
+                    origin(d),
+                    format!("invalid parameter \"{x}\""),
+                ));
             }
+            l.access_log_off = true;
             return Ok(());
+        }
+        let format = match d.arg(1) {
+            None => LogFormat::combined(),
+            Some(name) => self
+                .formats
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, f)| f.clone())
+                .or_else(|| LogFormat::builtin(name))
+                .ok_or_else(|| {
+                    ConfigError::new(origin(d), format!("unknown log format \"{name}\""))
+                })?,
+        };
+        let mut condition = None;
+        let (mut buffer, mut flush) = (false, false);
+        for a in d.args.iter().skip(2).map(|a| a.value.as_str()) {
+            if let Some(c) = a.strip_prefix("if=") {
+                let vars = &self.user_vars;
+                let f = LogFormat::compile("if", LogEscape::None, c, &|n| vars.contains(n))
+                    .map_err(|e| err(d, e))?;
+                condition = Some(Arc::new(f));
+            } else if a.starts_with("buffer=") {
+                buffer = true;
+            } else if a.starts_with("flush=") {
+                flush = true;
+            } else if a == "gzip" || a.starts_with("gzip=") {
+                return Err(err(d, "with gzip is not supported"));
+            } else {
+                return Err(ConfigError::new(
+                    origin(d),
+                    format!("invalid parameter \"{a}\""),
+                ));
+            }
+        }
+        if flush && !buffer {
+            return Err(ConfigError::new(
+                origin(d),
+                format!("no buffer is defined for access_log \"{p}\""),
+            ));
+        }
+        if buffer {
+            self.warn(
+                d,
+                "buffer= and flush= are ignored: why502 buffers every access log and writes it within 100 ms",
+            );
         }
         if p.starts_with("syslog:") {
-            self.warn(d, "syslog targets are not supported");
+            self.warn(d, "syslog targets are ignored");
             return Ok(());
         }
-        if let Some(f) = d.arg(1) {
-            if f != "combined" {
-                self.warn(
-                    d,
-                    &format!("log_format \"{f}\" is ignored: why502 writes the combined format plus cause and request id"),
-                );
-            }
+        if p.contains('$') {
+            return Err(err(d, "with variables in the path is not supported"));
         }
-        let path = self.path(p);
-        match &self.access_log {
-            None => self.access_log = Some(path),
-            Some(old) if *old == path => {}
-            Some(_) => self.warn(d, "only one access_log is supported; the first one is used"),
+        let log = AccessLog {
+            path: self.path(p),
+            format,
+            condition,
+        };
+        if let Some(logs) = l.access_log.as_mut() {
+            logs.push(log);
         }
+        Ok(())
+    }
+
+    /// `log_format name [escape=default|json|none] string ...` (http level).
+    fn log_format(&mut self, d: &Directive) -> Result<(), ConfigError> {
+        self.nargs(d, 2, 1024)?;
+        let name = d.arg(0).unwrap_or("");
+        if name == "combined" || self.formats.contains_key(name) {
+            return Err(ConfigError::new(
+                origin(d),
+                format!("duplicate \"log_format\" name \"{name}\""),
+            ));
+        }
+        let mut rest = &d.args[1..];
+        let mut escape = LogEscape::Default;
+        if let Some(e) = rest.first().and_then(|a| a.value.strip_prefix("escape=")) {
+            escape = LogEscape::parse(e).ok_or_else(|| {
+                ConfigError::new(origin(d), format!("unknown log format escaping \"{e}\""))
+            })?;
+            rest = &rest[1..];
+        }
+        let source: String = rest.iter().map(|a| a.value.as_str()).collect();
+        let vars = &self.user_vars;
+        let f = LogFormat::compile(name, escape, &source, &|n| vars.contains(n))
+            .map_err(|e| ConfigError::new(origin(d), e))?;
+        self.formats.insert(name.to_string(), Arc::new(f));
         Ok(())
     }
 
     /// Converts the contents of `http {}` (or a bare site file).
     fn http(&mut self, block: &[Directive]) -> Result<Vec<Server>, ConfigError> {
-        // upstreams first: fastcgi_pass may name one defined later.
+        // upstreams and log formats first: they may be used before they are defined.
         for d in block {
-            if d.name == "upstream" {
-                self.upstream(d)?;
+            match d.name.as_str() {
+                "upstream" => self.upstream(d)?,
+                "log_format" => self.log_format(d)?,
+                _ => {}
             }
         }
         let mut level = Level::default();
@@ -628,7 +753,7 @@ impl Cv {
                 continue;
             }
             match d.name.as_str() {
-                "upstream" => {}
+                "upstream" | "log_format" => {}
                 "server" => server_blocks.push(d),
                 _ => return Err(self.unknown(d, "http")),
             }
@@ -636,6 +761,7 @@ impl Cv {
         if level.types.is_none() {
             level.types = Some(builtin_types());
         }
+        self.http_access_log = level.own_access_log().unwrap_or_default();
         let mut servers = Vec::new();
         for d in server_blocks {
             servers.push(self.server(d, &level)?);
@@ -980,8 +1106,15 @@ impl Cv {
                 }
                 l.ssl_key = Some(self.path(a0()));
             }
-            "access_log" => self.access_log(d, ctx)?,
-            "error_log" => self.error_log(d)?,
+            "access_log" => self.access_log(l, d)?,
+            "error_log" if ctx == "location" => self.warn(
+                d,
+                "per-location error_log is not supported: the server's error_log is used",
+            ),
+            "error_log" => self.level_error_log(l, d)?,
+            "log_format" if ctx != "http" => {
+                return Err(err(d, "directive is not allowed here"));
+            }
             n if HARMLESS.contains(&n) => {
                 if let Some(ok) = harmless_value(n) {
                     if !ok.contains(&a0()) {
@@ -1121,6 +1254,7 @@ impl Cv {
                 _ => return Err(self.unknown(c, "server")),
             }
         }
+        let access_log = level.own_access_log();
         let level = level.inherit(http);
         let mut listen = Vec::new();
         for l in &listen_dirs {
@@ -1160,6 +1294,8 @@ impl Cv {
             rewrites,
             base: Some(Box::new(base)),
             absolute_redirect: level.absolute_redirect.unwrap_or(true),
+            access_log,
+            error_log: level.error_log.clone().unwrap_or_default(),
         })
     }
 
@@ -1337,9 +1473,11 @@ impl Cv {
         if own.alias.is_some() && level.root.is_some() {
             return Err(err(d, "has both \"root\" and \"alias\""));
         }
+        let access_log = level.own_access_log();
         let level = level.inherit(parent);
         let mut loc = Location::new(matcher, origin(d));
         self.fill(&mut loc, &level, server_root);
+        loc.access_log = access_log;
         loc.alias = own.alias;
         loc.try_files = own.try_files;
         loc.script = own.script;

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use super::convert::{convert, load_file};
 use super::parse_str;
-use crate::config::{Config, ConfigError, Expires, Location, Match, RewriteFlag, ScriptOp};
+use crate::config::{
+    AccessLog, Config, ConfigError, ErrorLogTarget, Expires, Location, LogEscape, LogLevel, Match,
+    RewriteFlag, ScriptOp,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nginx")
@@ -84,10 +87,18 @@ fn debian_stock_files_convert() {
                 cfg.warnings
             );
         }
+        let access: Vec<(&Path, &str)> = cfg
+            .logging
+            .access_log
+            .iter()
+            .map(|l| (l.path.as_path(), l.format.name.as_str()))
+            .collect();
         assert_eq!(
-            cfg.logging.access_log.as_deref(),
-            Some(Path::new("/var/log/nginx/access.log"))
+            access,
+            [(Path::new("/var/log/nginx/access.log"), "combined")],
+            "{site}"
         );
+        assert_eq!(cfg.logging.error_level, LogLevel::Error, "nginx's default");
         assert_eq!(
             cfg.logging.error_log.as_deref(),
             Some(Path::new("/var/log/nginx/error.log"))
@@ -297,4 +308,208 @@ http {
     }
     assert!(matches!(&s.locations[5].matcher, Match::Named(n) if n == "@named"));
     assert_eq!(s.locations[5].error_pages[0].response, Some(0));
+}
+
+fn logs(a: &Option<Vec<AccessLog>>) -> Option<Vec<(String, String)>> {
+    a.as_ref().map(|v| {
+        v.iter()
+            .map(|l| (l.path.display().to_string(), l.format.name.clone()))
+            .collect()
+    })
+}
+
+#[test]
+fn log_formats_and_access_log_inheritance() {
+    let cfg = ok(r#"
+http {
+    log_format main '$remote_addr "$request" $status'
+                    ' $http_x_a';
+    log_format js escape=json '{"u":"$uri"}';
+    access_log /var/log/a.log main;
+    access_log /var/log/b.log;
+    server {
+        listen 8080;
+        location / { }
+        location /off/ {
+            access_log off;
+            location /off/on/ { access_log /var/log/c.log JS if=$arg_log; }
+        }
+        location /own/ { access_log logs/own.log combined buffer=32k flush=1s; }
+        location /two/ { access_log /var/log/a.log main; access_log off; }
+    }
+    server {
+        listen 8081;
+        access_log off;
+        location / { }
+    }
+}
+"#);
+    let lg = &cfg.logging;
+    let http: Vec<(String, String)> = lg
+        .access_log
+        .iter()
+        .map(|l| (l.path.display().to_string(), l.format.name.clone()))
+        .collect();
+    assert_eq!(
+        http,
+        [
+            ("/var/log/a.log".to_string(), "main".to_string()),
+            ("/var/log/b.log".to_string(), "combined".to_string())
+        ]
+    );
+    // The format's strings are joined, as nginx does.
+    assert_eq!(
+        lg.access_log[0].format.source,
+        "$remote_addr \"$request\" $status $http_x_a"
+    );
+    assert!(lg.access_log[1].format.builtin);
+    let s = &cfg.servers[0];
+    assert!(s.access_log.is_none(), "inherits http's");
+    let l = |p: &str| find(&s.locations, &|m| matches!(m, Match::Prefix(x) if x == p));
+    assert!(l("/").access_log.is_none());
+    assert_eq!(logs(&l("/off/").access_log), Some(vec![]), "off");
+    let on = &l("/off/").locations[0];
+    assert_eq!(
+        logs(&on.access_log),
+        Some(vec![("/var/log/c.log".into(), "js".into())]),
+        "format names are looked up case-insensitively"
+    );
+    let acc = on.access_log.as_ref().expect("logs");
+    assert_eq!(acc[0].format.escape, LogEscape::Json);
+    assert_eq!(
+        acc[0].condition.as_ref().map(|c| c.source.as_str()),
+        Some("$arg_log")
+    );
+    assert_eq!(
+        logs(&l("/own/").access_log),
+        Some(vec![(
+            "/usr/share/nginx/logs/own.log".into(),
+            "combined".into()
+        )]),
+        "relative to the prefix"
+    );
+    assert!(cfg
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("buffer=") && w.origin.line == 15));
+    assert_eq!(
+        logs(&l("/two/").access_log),
+        Some(vec![]),
+        "off wins over a path at the same level"
+    );
+    assert_eq!(logs(&cfg.servers[1].access_log), Some(vec![]));
+    assert!(!cfg
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("log_format")));
+}
+
+#[test]
+fn access_log_and_log_format_errors() {
+    for (body, line, needle) in [
+        (
+            "log_format combined '$uri';",
+            2,
+            "duplicate \"log_format\" name \"combined\"",
+        ),
+        (
+            "log_format a '$uri';\nlog_format a '$uri';",
+            3,
+            "duplicate \"log_format\" name \"a\"",
+        ),
+        ("log_format a '$nope';", 2, "unknown \"nope\" variable"),
+        (
+            "log_format a '${uri';",
+            2,
+            "the closing bracket in \"uri\" variable is missing",
+        ),
+        (
+            "log_format a escape=xml '$uri';",
+            2,
+            "unknown log format escaping \"xml\"",
+        ),
+        (
+            "access_log /x.log nosuch;",
+            2,
+            "unknown log format \"nosuch\"",
+        ),
+        (
+            "access_log off combined;",
+            2,
+            "invalid parameter \"combined\"",
+        ),
+        (
+            "access_log /x.log combined flush=1s;",
+            2,
+            "no buffer is defined",
+        ),
+        ("access_log /x.log combined gzip;", 2, "gzip"),
+        (
+            "access_log /x.log combined bogus=1;",
+            2,
+            "invalid parameter \"bogus=1\"",
+        ),
+        ("access_log /x$host.log;", 2, "variables"),
+        ("error_log /x.log loud;", 2, "invalid log level \"loud\""),
+        (
+            "server {\nlisten 80;\nlog_format x '$uri';\n}",
+            4,
+            "\"log_format\" directive is not allowed here",
+        ),
+    ] {
+        let e = err(&format!("http {{\n{body}\nserver {{ listen 81; }}\n}}\n"));
+        assert!(e.message.contains(needle), "{body}: {e}");
+        assert_eq!(e.origin.line, line, "{body}: {e}");
+    }
+}
+
+#[test]
+fn error_log_levels_main_http_server() {
+    let cfg = ok(r#"
+error_log /var/log/main.log warn;
+http {
+    error_log /var/log/http.log;
+    server { listen 80; }
+    server {
+        listen 81;
+        error_log /var/log/s.log crit;
+        error_log stderr info;
+        location / { error_log /var/log/loc.log; }
+    }
+}
+"#);
+    assert_eq!(
+        cfg.logging.error_log.as_deref(),
+        Some(Path::new("/var/log/main.log"))
+    );
+    assert_eq!(cfg.logging.error_level, LogLevel::Warn);
+    assert_eq!(
+        cfg.servers[0].error_log,
+        [ErrorLogTarget {
+            path: Some("/var/log/http.log".into()),
+            level: LogLevel::Error
+        }],
+        "inherited from http, nginx's default level"
+    );
+    assert_eq!(
+        cfg.servers[1].error_log,
+        [
+            ErrorLogTarget {
+                path: Some("/var/log/s.log".into()),
+                level: LogLevel::Crit
+            },
+            ErrorLogTarget {
+                path: None,
+                level: LogLevel::Info
+            }
+        ]
+    );
+    assert!(cfg
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("per-location error_log") && w.origin.line == 10));
+    // Without any error_log: stderr (or --error-log) at nginx's default level.
+    let cfg = ok("http { server { listen 80; } }");
+    assert!(cfg.logging.error_log.is_none() && cfg.servers[0].error_log.is_empty());
+    assert_eq!(cfg.logging.error_level, LogLevel::Error);
 }

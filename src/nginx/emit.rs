@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use crate::config::template::Piece;
 use crate::config::{
-    default_params, AccessRule, AddHeader, Config, Diagnostics, ErrorPage, Expires, FastCgi,
-    HttpProxy, Location, Match, RewriteFlag, ScriptOp, Server, Template, Upstream, Var,
+    default_params, AccessLog, AccessRule, AddHeader, Config, Diagnostics, ErrorPage, Expires,
+    FastCgi, HttpProxy, Location, LogEscape, LogFormat, LogLevel, Match, RewriteFlag, ScriptOp,
+    Server, Template, Upstream, Var,
 };
 
 /// A YAML scalar: JSON's double-quoted form is valid YAML.
@@ -311,15 +312,53 @@ pub fn to_yaml(cfg: &Config) -> String {
         let _ = writeln!(o, "threads: {}", cfg.threads);
     }
     let lg = &cfg.logging;
-    if lg.error_log.is_some() || lg.access_log.is_some() || lg.events.is_some() {
+    let mut formats = BTreeMap::new();
+    collect_formats(cfg, &mut formats, o);
+    let level = lg.error_level != LogLevel::Info;
+    if lg.error_log.is_some()
+        || level
+        || lg.events.is_some()
+        || !lg.access_log.is_empty()
+        || !formats.is_empty()
+    {
         o.push_str("log:\n");
-        for (k, v) in [
-            ("error_log", &lg.error_log),
-            ("events", &lg.events),
-            ("access_log", &lg.access_log),
-        ] {
-            if let Some(p) = v {
-                let _ = writeln!(o, "  {k}: {}", q(&p.display().to_string()));
+        if lg.error_log.is_some() || level {
+            let path = lg
+                .error_log
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "stderr".into());
+            if level {
+                let _ = writeln!(
+                    o,
+                    "  error_log: {{ path: {}, level: {} }}",
+                    q(&path),
+                    lg.error_level.as_str()
+                );
+            } else {
+                let _ = writeln!(o, "  error_log: {}", q(&path));
+            }
+        }
+        if let Some(p) = &lg.events {
+            let _ = writeln!(o, "  events: {}", q(&p.display().to_string()));
+        }
+        if !lg.access_log.is_empty() {
+            access_log_key(o, &lg.access_log, "  ");
+        }
+        if !formats.is_empty() {
+            o.push_str("  log_formats:\n");
+            for (name, f) in &formats {
+                if f.escape == LogEscape::Default {
+                    let _ = writeln!(o, "    {}: {}", q(name), q(&f.source));
+                } else {
+                    let _ = writeln!(
+                        o,
+                        "    {}: {{ format: {}, escape: {} }}",
+                        q(name),
+                        q(&f.source),
+                        f.escape.as_str()
+                    );
+                }
             }
         }
     }
@@ -374,6 +413,70 @@ pub fn to_yaml(cfg: &Config) -> String {
         server(&mut out, s);
     }
     out.o
+}
+
+/// The user-defined log formats the access logs use, by name.
+fn collect_formats<'a>(
+    cfg: &'a Config,
+    out: &mut BTreeMap<&'a str, &'a LogFormat>,
+    o: &mut String,
+) {
+    fn add<'a>(logs: &'a [AccessLog], out: &mut BTreeMap<&'a str, &'a LogFormat>, o: &mut String) {
+        for l in logs.iter().filter(|l| !l.format.builtin) {
+            match out.get(l.format.name.as_str()) {
+                None => {
+                    out.insert(&l.format.name, &l.format);
+                }
+                Some(f) if **f == *l.format => {}
+                Some(_) => {
+                    let _ = writeln!(
+                        o,
+                        "# warning: two different log formats are named {}: the first one is written",
+                        q(&l.format.name)
+                    );
+                }
+            }
+        }
+    }
+    fn locs<'a>(ls: &'a [Location], out: &mut BTreeMap<&'a str, &'a LogFormat>, o: &mut String) {
+        for l in ls {
+            if let Some(a) = &l.access_log {
+                add(a, out, o);
+            }
+            locs(&l.locations, out, o);
+        }
+    }
+    add(&cfg.logging.access_log, out, o);
+    for s in &cfg.servers {
+        if let Some(a) = &s.access_log {
+            add(a, out, o);
+        }
+        locs(&s.locations, out, o);
+        if let Some(b) = &s.base {
+            locs(std::slice::from_ref(&**b), out, o);
+        }
+    }
+}
+
+/// `access_log: off` or the list of logs, at indent `p`.
+fn access_log_key(o: &mut String, logs: &[AccessLog], p: &str) {
+    if logs.is_empty() {
+        let _ = writeln!(o, "{p}access_log: off");
+        return;
+    }
+    let _ = writeln!(o, "{p}access_log:");
+    for l in logs {
+        let cond = match &l.condition {
+            Some(c) => format!(", if: {}", q(&c.source)),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "{p}  - {{ path: {}, format: {}{cond} }}",
+            q(&l.path.display().to_string()),
+            q(&l.format.name)
+        );
+    }
 }
 
 fn upstream(o: &mut String, name: &str, u: &Upstream) {
@@ -442,6 +545,25 @@ fn server(out: &mut Out, s: &Server) {
     let _ = writeln!(o, "    client_body_timeout: {}", dur(s.client_body_timeout));
     if s.absolute_redirect {
         o.push_str("    absolute_redirect: true\n");
+    }
+    if let Some(a) = &s.access_log {
+        access_log_key(o, a, "    ");
+    }
+    if !s.error_log.is_empty() {
+        o.push_str("    error_log:\n");
+        for e in &s.error_log {
+            let path = e
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "stderr".into());
+            let _ = writeln!(
+                o,
+                "      - {{ path: {}, level: {} }}",
+                q(&path),
+                e.level.as_str()
+            );
+        }
     }
     if !s.rewrites.is_empty() {
         o.push_str("    rewrites:\n");
@@ -539,6 +661,9 @@ fn location(out: &mut Out, s: &Server, l: &Location, parent: &Inh, ind: usize) {
     }
     if l.internal {
         let _ = writeln!(o, "{p}internal: true");
+    }
+    if let Some(a) = &l.access_log {
+        access_log_key(o, a, &p);
     }
     if !l.script.is_empty() {
         let _ = writeln!(o, "{p}script:");
@@ -879,6 +1004,9 @@ mod tests {
         let text = fs::read_to_string(dir.join("parity.conf"))
             .expect("parity.conf")
             .replace("@PORT@", "8080")
+            .replace("@PORT2@", "8081")
+            .replace("@PORT3@", "8082")
+            .replace("@LOGS@", "/var/log/parity")
             .replace("@WWW@", "/srv/www")
             .replace("@FPM@", "/run/fpm.sock")
             .replace("@DEAD@", "/run/dead.sock");
@@ -895,6 +1023,10 @@ mod tests {
             "default_type: \"application/octet-stream\"",
             "client_max_body_size: 2k",
             "- set: { name: \"who\", value: \"v-$uri\" }",
+            "- { path: \"/var/log/parity/access.log\", format: \"parity\" }",
+            "access_log: off",
+            "- { path: \"/var/log/parity/crit.log\", level: crit }",
+            "\"pjson\": { format: ",
         ] {
             assert!(text.contains(needle), "{needle}\n{text}");
         }
@@ -913,9 +1045,12 @@ mod tests {
         fs::write(
             &conf,
             r#"
-error_log /var/log/why502/error.log;
+error_log /var/log/why502/error.log warn;
 http {
+    log_format main '$remote_addr "$request" $status $upstream_addr $why502_cause';
+    log_format js escape=json '{"uri":"$uri","ua":"$http_user_agent"}';
     access_log /var/log/why502/access.log;
+    access_log /var/log/why502/main.log main if=$arg_log;
     types { text/html html; application/json json JSON; }
     default_type application/octet-stream;
     client_max_body_size 10m;
@@ -934,6 +1069,9 @@ http {
         root /srv/www/;
         index index.php index.html;
         absolute_redirect off;
+        error_log /var/log/why502/site-error.log crit;
+        error_log stderr;
+        access_log /var/log/why502/site.log js;
         set $site "example";
         rewrite ^/blog/(.*)$ /news/$1 permanent;
         rewrite ^/go$ https://example.org/;
@@ -948,11 +1086,16 @@ http {
         location / {
             try_files $uri $uri/ @php;
             location /static/ {
+                access_log off;
                 root /srv/static;
                 expires 30d;
                 types { text/css css; }
                 add_header Cache-Control public;
-                location ~* \.(png|jpe?g)$ { expires max; add_header X-Img "${site}x"; }
+                location ~* \.(png|jpe?g)$ {
+                    expires max;
+                    add_header X-Img "${site}x";
+                    access_log /var/log/why502/img.log combined;
+                }
             }
             location ^~ /files/ { alias /srv/files/; internal; }
         }
@@ -1027,6 +1170,12 @@ http {
             "client_max_body_size: 0",
             "pass_request_headers: false",
             "expires: \"-1s\"",
+            "error_log: { path: \"/var/log/why502/error.log\", level: warn }",
+            "- { path: \"/var/log/why502/main.log\", format: \"main\", if: \"$arg_log\" }",
+            "\"js\": { format: \"{\\\"uri\\\":\\\"$uri\\\",\\\"ua\\\":\\\"$http_user_agent\\\"}\", escape: json }",
+            "access_log: off",
+            "- { path: \"/var/log/why502/site-error.log\", level: crit }",
+            "- { path: \"stderr\", level: error }",
         ] {
             assert!(text.contains(needle), "{needle}\n{text}");
         }

@@ -754,7 +754,7 @@ impl Exchange<'_> {
             line.push_str(&suffix);
             line.push('\n');
         }
-        self.p.rt.errlog.write_line(&line);
+        self.p.rt.errlog.for_req(&ctx.summary).write_line(&line);
         ctx.summary.stderr_excerpt = self.stderr.clone();
     }
 

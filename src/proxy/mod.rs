@@ -9,6 +9,7 @@
 //! downstream connection without the chunked terminator, so the client can
 //! tell the body is truncated.
 
+pub mod access;
 pub mod fastcgi;
 #[path = "http.rs"]
 pub mod http_proxy;
@@ -36,41 +37,38 @@ use crate::config::{Config, FastCgi, Location, Server, Upstream};
 use crate::report::{self, ErrorLog, Failure, RequestSummary};
 use crate::upstream::UpstreamState;
 
-use route::{find_location, find_named, select_server, RouteState, ScriptEnd, TryResult};
+use route::{find_location, find_named, select_server_index, RouteState, ScriptEnd, TryResult};
 pub use vars::ReqVars;
 
 /// Everything shared by all requests.
 pub struct Runtime {
     pub config: Config,
     upstreams: HashMap<usize, Arc<UpstreamState>>,
+    /// The main error log (servers without their own `error_log`).
     pub errlog: ErrorLog,
-    pub access_log: Option<ErrorLog>,
+    /// Each server's own error log, if it has one.
+    server_errlogs: Vec<Option<Arc<ErrorLog>>>,
+    /// The access logs, resolved per server and location.
+    pub access: access::AccessLogs,
     conns: AtomicU64,
     pub hostname: String,
-    /// For each listen port, the indexes of the servers listening on it.
-    by_port: HashMap<u16, Vec<usize>>,
+    /// The servers of each listen address.
+    listens: route::ListenMap,
 }
 
 impl Runtime {
     pub fn new(config: Config) -> std::io::Result<Runtime> {
         let mut upstreams = HashMap::new();
-        let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
-        for (i, s) in config.servers.iter().enumerate() {
-            for l in &s.listen {
-                let v = by_port.entry(l.addr.port()).or_default();
-                if l.default_server {
-                    v.insert(0, i);
-                } else if !v.contains(&i) {
-                    v.push(i);
-                }
-            }
+        for s in &config.servers {
             collect_upstreams(&s.locations, &mut upstreams);
         }
-        let errlog = ErrorLog::open(config.logging.error_log.as_deref())?;
-        let access_log = match &config.logging.access_log {
-            Some(p) => Some(ErrorLog::open(Some(p))?),
-            None => None,
-        };
+        let listens = route::ListenMap::new(&config.servers);
+        let mut sinks = report::Sinks::new();
+        let lg = &config.logging;
+        let errlog =
+            ErrorLog::open_targets([(lg.error_log.as_deref(), lg.error_level)], &mut sinks)?;
+        let server_errlogs = access::server_error_logs(&config, &mut sinks)?;
+        let access = access::AccessLogs::new(&config)?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
@@ -91,10 +89,11 @@ impl Runtime {
             config,
             upstreams,
             errlog,
-            access_log,
+            server_errlogs,
+            access,
             conns: AtomicU64::new(0),
             hostname,
-            by_port,
+            listens,
         })
     }
 
@@ -143,6 +142,8 @@ pub struct ReqCtx {
     /// (nginx `error_page 404 /x.php` without `=`): a FastCGI response's
     /// status should be replaced by it.
     pub error_status: Option<u16>,
+    /// What the access log needs to know about routing.
+    pub log: access::LogState,
 }
 
 /// Returned by handlers when the response must be aborted (header already sent).
@@ -279,41 +280,26 @@ impl ProxyHttp for Why502 {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut ReqCtx) {
-        if let Some(log) = &self.rt.access_log {
-            let s = &ctx.summary;
-            let line = format!(
-                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" cause={} rid={}\n",
-                s.client_addr,
-                chrono::Local::now().format("%d/%b/%Y:%H:%M:%S %z"),
-                s.method,
-                s.uri,
-                s.protocol,
-                if ctx.aborted {
-                    s.status
-                } else {
-                    session
-                        .response_written()
-                        .map(|r| r.status.as_u16())
-                        .unwrap_or(s.status)
-                },
-                session.body_bytes_sent(),
-                session
-                    .req_header()
-                    .headers
-                    .get("referer")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-"),
-                session
-                    .req_header()
-                    .headers
-                    .get("user-agent")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-"),
-                ctx.failure.as_ref().map(|f| f.cause.code()).unwrap_or("-"),
-                s.request_id,
-            );
-            log.write_line(&line);
+        if self.rt.access.enabled {
+            access::log_request(&self.rt, session, ctx);
         }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &ReqCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        self.rt.access.persist(ctx)
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut ReqCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        self.rt.access.reuse(ctx, prev);
     }
 }
 
@@ -364,28 +350,41 @@ impl Why502 {
             .map(str::to_string)
             .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()));
         ctx.start = Some(Instant::now());
+        self.rt.access.start_request(ctx);
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<(), Abort> {
+        let mut st = RouteState::default();
+        let r = self.route(session, ctx, &mut st).await;
+        self.rt.access.leave_routing(ctx, st);
+        r
+    }
+
+    async fn route(
+        &self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        st: &mut RouteState,
+    ) -> Result<(), Abort> {
         let rt = &self.rt;
-        let port = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.port())
-            .unwrap_or(0);
+        // nginx: the servers of the listen address the connection came to, then Host.
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
         let all: Vec<usize>;
-        let cands: &[usize] = match rt.by_port.get(&port) {
+        let cands: &[usize] = match rt.listens.candidates(local) {
             Some(v) => v,
             None => {
                 all = (0..rt.config.servers.len()).collect();
                 &all
             }
         };
-        let Some(server) = select_server(&rt.config.servers, cands, ctx.summary.host.as_deref())
+        let found = select_server_index(&rt.config.servers, cands, ctx.summary.host.as_deref());
+        let Some((si, server)) = found.and_then(|i| rt.config.servers.get(i).map(|s| (i, s)))
         else {
             return self.respond_status(session, ctx, 404).await;
         };
         ctx.summary.server_name = server.names.first().cloned().unwrap_or_default();
+        rt.access.enter_server(ctx, si);
+        ctx.summary.errlog = rt.server_errlogs.get(si).cloned().flatten();
 
         let raw_path = session.req_header().uri.path().to_string();
         let Some(uri) = route::normalize_path(&raw_path) else {
@@ -397,7 +396,7 @@ impl Why502 {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let mut st = RouteState {
+        *st = RouteState {
             uri,
             args: session.req_header().uri.query().map(str::to_string),
             ..RouteState::default()
@@ -409,19 +408,12 @@ impl Why502 {
         'req: for _ in 0..=10 {
             // The location the status below is finished in (for error_page).
             let mut status_loc: Option<&Location> = server.base.as_deref();
+            rt.access.enter_location(ctx, status_loc);
             let code: u16 = 'status: {
                 // server-level rewrite phase
                 if named.is_none() && !skip_server_rewrites && !server.rewrites.is_empty() {
                     let root = server.root.clone();
-                    match self.run_script(
-                        session,
-                        ctx,
-                        server,
-                        &server.rewrites,
-                        &root,
-                        None,
-                        &mut st,
-                    ) {
+                    match self.run_script(session, ctx, server, &server.rewrites, &root, None, st) {
                         ScriptEnd::Done { .. } | ScriptEnd::Last | ScriptEnd::Break => {}
                         ScriptEnd::Redirect(c, l) => {
                             return self.respond_redirect(session, ctx, server, c, &l).await
@@ -457,6 +449,7 @@ impl Why502 {
                     },
                 };
                 status_loc = Some(loc);
+                rt.access.enter_location(ctx, status_loc);
                 let root = loc.root.clone().unwrap_or_else(|| server.root.clone());
                 {
                     let vars = ReqVars::new(
@@ -498,7 +491,7 @@ impl Why502 {
                     &loc.script,
                     &root,
                     loc.fastcgi.as_deref(),
-                    &mut st,
+                    st,
                 ) {
                     ScriptEnd::Done { uri_changed: true } | ScriptEnd::Last => {
                         st.uri = match route::normalize_path(&st.uri) {
@@ -563,7 +556,7 @@ impl Why502 {
                         // nginx continues in this location with the file's URI
                         TryResult::Found(u) => st.uri = u,
                         TryResult::Redirect(u) => {
-                            if st.redirect_to(&u).is_none() {
+                            if st.try_files_redirect(&u).is_none() {
                                 break 'status 400;
                             }
                             continue 'req;
@@ -732,15 +725,18 @@ impl Why502 {
             return self.respond_status(session, ctx, code).await;
         }
         // rewrite or internal redirection cycle
-        self.rt.errlog.write_line(&report::nginx_line(
-            "error",
-            &format!(
-                "rewrite or internal redirection cycle while processing \"{}\"",
-                st.uri
-            ),
-            None,
-            &ctx.summary,
-        ));
+        self.rt
+            .errlog
+            .for_req(&ctx.summary)
+            .write_line(&report::nginx_line(
+                "error",
+                &format!(
+                    "rewrite or internal redirection cycle while processing \"{}\"",
+                    st.uri
+                ),
+                None,
+                &ctx.summary,
+            ));
         self.respond_status(session, ctx, 500).await
     }
 

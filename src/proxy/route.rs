@@ -1,10 +1,106 @@
 //! Request routing as nginx does it: URI normalization, server selection by
-//! Host, location matching with nginx's precedence, `try_files`, `index`.
+//! the local address then Host, location matching with nginx's precedence,
+//! `try_files`, `index`.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::config::template::{Piece, Vars};
-use crate::config::{Expires, Location, Match, RewriteFlag, ScriptOp, Server, Template};
+use crate::config::{Expires, Listen, Location, Match, RewriteFlag, ScriptOp, Server, Template};
+
+/// The servers of every `listen` address:port, as nginx groups them: a
+/// connection belongs to the group of the most specific listen address
+/// matching the address it arrived on (an exact address, else the
+/// wildcard of its port), and Host picks among that group's servers, the
+/// `default_server` (else the first) answering unknown names.
+#[derive(Debug, Default)]
+pub struct ListenMap {
+    /// Server indexes per listen address, default server first.
+    by_addr: HashMap<SocketAddr, Vec<usize>>,
+}
+
+/// `::ffff:127.0.0.1` → `127.0.0.1` (a dual-stack socket's IPv4 peers).
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+fn wildcard_of(a: SocketAddr) -> SocketAddr {
+    let ip = match a.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, a.port())
+}
+
+impl ListenMap {
+    pub fn new(servers: &[Server]) -> ListenMap {
+        let mut by_addr: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        for (i, s) in servers.iter().enumerate() {
+            for l in &s.listen {
+                let v = by_addr.entry(canonical(l.addr)).or_default();
+                if l.default_server {
+                    v.retain(|&x| x != i);
+                    v.insert(0, i);
+                } else if !v.contains(&i) {
+                    v.push(i);
+                }
+            }
+        }
+        ListenMap { by_addr }
+    }
+
+    /// The servers a connection to `local` may reach: those listening on
+    /// exactly that address, else on the wildcard address of its port.
+    pub fn candidates(&self, local: Option<SocketAddr>) -> Option<&[usize]> {
+        let raw = local?;
+        let local = canonical(raw);
+        self.by_addr
+            .get(&local)
+            .or_else(|| self.by_addr.get(&wildcard_of(local)))
+            // an IPv4 client of a dual-stack `[::]` socket
+            .or_else(|| self.by_addr.get(&wildcard_of(raw)))
+            .map(Vec::as_slice)
+    }
+}
+
+/// The sockets to bind for these listens: like nginx without `bind`, an
+/// address whose port also has a wildcard listen of the same family is
+/// served by the wildcard's socket (the server is then chosen by the address
+/// the connection arrived on), so only the wildcard is bound. One entry per
+/// address (its first listen). TLS is a property of a socket here: an
+/// address cannot differ from its port's wildcard in `ssl`.
+pub fn bind_listens(listens: &[Listen]) -> Result<Vec<&Listen>, String> {
+    let mut wild: HashMap<SocketAddr, &Listen> = HashMap::new();
+    for l in listens.iter().filter(|l| l.addr.ip().is_unspecified()) {
+        wild.entry(l.addr).or_insert(l);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for l in listens {
+        if !l.addr.ip().is_unspecified() {
+            if let Some(w) = wild.get(&wildcard_of(l.addr)) {
+                if w.tls.is_some() != l.tls.is_some() {
+                    return Err(format!(
+                        "listen {} and listen {} share one socket: both or neither must be ssl",
+                        l.addr, w.addr
+                    ));
+                }
+                continue;
+            }
+        }
+        if seen.insert(l.addr) {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
 
 /// Decodes and normalizes a request path like nginx (`ngx_http_parse_complex_uri`):
 /// percent-decoding, merging slashes, resolving `.` and `..`. `None` = 400.
@@ -60,6 +156,15 @@ pub fn select_server<'a>(
     candidates: &[usize],
     host: Option<&str>,
 ) -> Option<&'a Server> {
+    select_server_index(servers, candidates, host).and_then(|i| servers.get(i))
+}
+
+/// [`select_server`], as an index into `servers`.
+pub fn select_server_index(
+    servers: &[Server],
+    candidates: &[usize],
+    host: Option<&str>,
+) -> Option<usize> {
     let host = host.map(|h| {
         let h = h
             .rsplit_once(':')
@@ -68,13 +173,19 @@ pub fn select_server<'a>(
             .unwrap_or(h);
         h.trim_end_matches('.').to_ascii_lowercase()
     });
-    let cands = || candidates.iter().filter_map(|&i| servers.get(i));
+    let cands = || {
+        candidates
+            .iter()
+            .filter_map(|&i| servers.get(i).map(|s| (i, s)))
+    };
     if let Some(h) = host.as_deref() {
-        if let Some(s) = cands().find(|s| s.names.iter().any(|n| n.eq_ignore_ascii_case(h))) {
-            return Some(s);
+        if let Some((i, _)) =
+            cands().find(|(_, s)| s.names.iter().any(|n| n.eq_ignore_ascii_case(h)))
+        {
+            return Some(i);
         }
-        let mut best: Option<(&Server, usize)> = None;
-        for s in cands() {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, s) in cands() {
             for n in &s.names {
                 let n = n.to_ascii_lowercase();
                 let suffix = n
@@ -84,34 +195,34 @@ pub fn select_server<'a>(
                 if let Some(suf) = suffix {
                     let matches = h.ends_with(&suf) || (n.starts_with('.') && h == &suf[1..]);
                     if matches && best.is_none_or(|(_, l)| suf.len() > l) {
-                        best = Some((s, suf.len()));
+                        best = Some((i, suf.len()));
                     }
                 }
             }
         }
-        if let Some((s, _)) = best {
-            return Some(s);
+        if let Some((i, _)) = best {
+            return Some(i);
         }
-        for s in cands() {
+        for (i, s) in cands() {
             for n in &s.names {
                 if let Some(pre) = n.strip_suffix(".*") {
                     if h.starts_with(&format!("{}.", pre.to_ascii_lowercase())) {
-                        return Some(s);
+                        return Some(i);
                     }
                 }
             }
         }
-        for s in cands() {
+        for (i, s) in cands() {
             for n in &s.names {
                 if let Some(re) = n.strip_prefix('~') {
                     if regex::Regex::new(re).is_ok_and(|r| r.is_match(h)) {
-                        return Some(s);
+                        return Some(i);
                     }
                 }
             }
         }
     }
-    cands().next()
+    cands().next().map(|(i, _)| i)
 }
 
 /// The result of location matching: the location and regex captures.
@@ -283,6 +394,9 @@ pub struct RouteState {
     pub error_page_used: bool,
     /// The status an `error_page` target is served with (None = its own).
     pub status_override: Option<u16>,
+    /// A `try_files` fallback without `?` dropped the arguments: nginx's
+    /// `$args` is then empty (logged as ``), not unset (`-`).
+    pub args_reset: bool,
 }
 
 impl RouteState {
@@ -295,9 +409,17 @@ impl RouteState {
             None => (target, None),
         };
         self.uri = normalize_path(p)?;
+        self.args_reset = false;
         self.args = a;
         self.internal = true;
         self.captures.clear();
+        Some(())
+    }
+
+    /// `try_files`' final URI: [`RouteState::redirect_to`].
+    pub fn try_files_redirect(&mut self, target: &str) -> Option<()> {
+        self.redirect_to(target)?;
+        self.args_reset = self.args.is_none();
         Some(())
     }
 }
@@ -615,6 +737,110 @@ mod tests {
         assert_eq!(c, vec![Some("/x".to_string()), Some("x".to_string()), None]);
         // no match at all
         assert!(find_location(&locs[1..3], "/zzz").is_none());
+    }
+
+    fn listen(a: &str, default_server: bool, tls: bool) -> Listen {
+        Listen {
+            addr: a.parse().expect("addr"),
+            default_server,
+            tls: tls.then(|| crate::config::TlsFiles {
+                cert: "c".into(),
+                key: "k".into(),
+            }),
+            http2: false,
+        }
+    }
+
+    fn server(name: &str, listens: Vec<Listen>) -> Server {
+        let mut c = crate::config::Config::single_server(
+            "t",
+            "127.0.0.1:1".parse().expect("addr"),
+            PathBuf::from("/"),
+            Vec::new(),
+        );
+        let mut s = c.servers.remove(0);
+        s.names = vec![name.to_string()];
+        s.listen = listens;
+        s
+    }
+
+    #[test]
+    fn servers_by_local_address_then_host() {
+        // nginx: listen 8080 (wild); 127.0.0.2:8080 (two, two-default
+        // default_server); 127.0.0.1:9090 + 127.0.0.2:9090 (both);
+        // 127.0.0.2:9090 default_server (only2).
+        let servers = vec![
+            server("wild", vec![listen("0.0.0.0:8080", false, false)]),
+            server("two", vec![listen("127.0.0.2:8080", false, false)]),
+            server("two-default", vec![listen("127.0.0.2:8080", true, false)]),
+            server(
+                "both",
+                vec![
+                    listen("127.0.0.1:9090", false, false),
+                    listen("127.0.0.2:9090", false, false),
+                ],
+            ),
+            server("only2", vec![listen("127.0.0.2:9090", true, false)]),
+        ];
+        let m = ListenMap::new(&servers);
+        let pick = |local: &str, host: Option<&str>| {
+            let c = m.candidates(local.parse().ok()).unwrap_or(&[]);
+            select_server_index(&servers, c, host)
+                .map(|i| servers[i].names[0].clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(pick("127.0.0.1:8080", Some("two")), "wild");
+        assert_eq!(pick("127.0.0.3:8080", Some("two")), "wild");
+        assert_eq!(pick("[::ffff:127.0.0.3]:8080", None), "wild");
+        let v6 = vec![server("v6", vec![listen("[::]:7070", false, false)])];
+        let m6 = ListenMap::new(&v6);
+        assert_eq!(
+            m6.candidates("[::ffff:127.0.0.1]:7070".parse().ok()),
+            Some(&[0][..]),
+            "IPv4 on a dual-stack [::] socket"
+        );
+        assert_eq!(pick("127.0.0.2:8080", Some("two")), "two");
+        assert_eq!(pick("127.0.0.2:8080", Some("wild")), "two-default");
+        assert_eq!(pick("127.0.0.2:8080", None), "two-default");
+        assert_eq!(pick("127.0.0.1:9090", Some("only2")), "both");
+        assert_eq!(pick("127.0.0.2:9090", Some("x")), "only2");
+        assert_eq!(pick("127.0.0.2:9090", Some("both:9090")), "both");
+        assert!(m.candidates("127.0.0.1:7070".parse().ok()).is_none());
+        assert!(m.candidates(None).is_none());
+    }
+
+    #[test]
+    fn one_socket_per_port_under_a_wildcard() {
+        let ls = vec![
+            listen("127.0.0.2:8080", false, false),
+            listen("0.0.0.0:8080", false, false),
+            listen("127.0.0.1:9090", false, false),
+            listen("127.0.0.2:9090", false, false),
+            listen("127.0.0.1:9090", true, false),
+            listen("[::1]:8080", false, false),
+            listen("[::]:9090", false, false),
+        ];
+        let b: Vec<String> = bind_listens(&ls)
+            .expect("binds")
+            .iter()
+            .map(|l| l.addr.to_string())
+            .collect();
+        assert_eq!(
+            b,
+            [
+                "0.0.0.0:8080",
+                "127.0.0.1:9090",
+                "127.0.0.2:9090",
+                "[::1]:8080",
+                "[::]:9090"
+            ]
+        );
+        let e = bind_listens(&[
+            listen("0.0.0.0:443", false, true),
+            listen("127.0.0.1:443", false, false),
+        ])
+        .expect_err("ssl differs");
+        assert!(e.contains("ssl"), "{e}");
     }
 
     #[test]

@@ -126,3 +126,67 @@ fn diagnostics_disabled_gives_nginx_plain_page() {
     // The operator still gets the diagnosis in the logs.
     assert_logged(&p, "connect.socket_missing", None);
 }
+
+/// Access logs: why502's default format (combined + cause + request id) at
+/// the top level, a location with two logs (one in a JSON `log_format` with
+/// `$why502_cause`), a location with `access_log: off`.
+#[test]
+fn access_logs_carry_the_cause() {
+    let dir = support::temp_dir();
+    let d = dir.path().display().to_string();
+    let yaml = format!(
+        r#"
+log:
+  access_log: {d}/a.log
+  log_formats:
+    j: {{ format: '{{"s":$status,"c":"$why502_cause","r":"$request_id","u":"$upstream_addr"}}', escape: json }}
+servers:
+  - listen: ["{{listen}}"]
+    locations:
+      - exact: /ok
+        return: {{ code: 200, text: "ok\n" }}
+      - exact: /quiet
+        access_log: off
+        return: {{ code: 200, text: "q\n" }}
+      - prefix: /
+        access_log: [{d}/a.log, {{ path: {d}/j.log, format: j }}]
+        fastcgi: {{ pass: "unix:{d}/missing.sock" }}
+"#
+    );
+    let p = Proxy::yaml(dir.path(), &yaml);
+    assert_eq!(p.get("/ok").status, 200);
+    assert_eq!(p.get("/quiet").status, 200);
+    let r = p.get("/x.php");
+    assert_eq!(r.status, 502);
+    let rid = r
+        .header("Why502-Request-Id")
+        .expect("request id")
+        .to_string();
+    let read = |f: &str, n: usize| {
+        wait_until(std::time::Duration::from_secs(5), || {
+            let t = std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+            (t.lines().count() >= n).then_some(t)
+        })
+        .unwrap_or_else(|| panic!("{f} did not get {n} lines"))
+    };
+    let a = read("a.log", 2);
+    let lines: Vec<&str> = a.lines().collect();
+    assert_eq!(lines.len(), 2, "/quiet is not logged: {a}");
+    let ok = regex::Regex::new(
+        r#"^127\.0\.0\.1 - - \[[^\]]+\] "GET /ok HTTP/1\.1" 200 3 "-" "[^"]*" cause=- rid=[0-9a-f]{16}$"#,
+    )
+    .expect("re");
+    assert!(ok.is_match(lines[0]), "{a}");
+    assert!(
+        lines[1].contains("\"GET /x.php HTTP/1.1\" 502 ")
+            && lines[1].ends_with(&format!(" cause=connect.socket_missing rid={rid}")),
+        "{a}"
+    );
+    let j = read("j.log", 1);
+    assert_eq!(
+        j.trim_end(),
+        format!(
+            "{{\"s\":502,\"c\":\"connect.socket_missing\",\"r\":\"{rid}\",\"u\":\"unix:{d}/missing.sock\"}}"
+        )
+    );
+}

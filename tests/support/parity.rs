@@ -128,8 +128,13 @@ pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
 /// Sends a raw request (`{HOST}` is replaced by `127.0.0.1:port`) and reads
 /// the whole response (the requests say `Connection: close`).
 pub fn send(port: u16, raw: &str) -> Resp {
+    send_to("127.0.0.1", port, raw)
+}
+
+/// [`send`] to another local address (all of 127/8 is loopback on Linux).
+pub fn send_to(ip: &str, port: u16, raw: &str) -> Resp {
     let raw = raw.replace("{HOST}", &format!("127.0.0.1:{port}"));
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = TcpStream::connect((ip, port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
     s.write_all(raw.as_bytes()).expect("write");

@@ -1,0 +1,693 @@
+//! Access logs as nginx writes them: `log_format` compiled once into
+//! segments, rendered per request with nginx's escaping, appended to a
+//! buffered writer shared by every `access_log` that names the same file.
+//!
+//! The request side (what `$status` or `$upstream_addr` is for a request)
+//! lives in `proxy::access`; this module knows formats, escaping, time
+//! stamps and files, nothing about Pingora.
+//!
+//! nginx's rules reproduced here (`ngx_http_log_module.c`):
+//! - `$status`, `$time_local`, `$time_iso8601`, `$msec`, `$request_time`,
+//!   `$bytes_sent`, `$body_bytes_sent`, `$request_length`, `$pipe` are the
+//!   log module's own operations, never escaped;
+//! - every other `$variable` is escaped per the format's `escape=`:
+//!   `default` writes `\xHH` (upper-case hex) for `"`, `\`, bytes below 0x20
+//!   and from 0x7f up, and `-` for a variable that is not set; `json`
+//!   escapes `"` `\` and control characters as JSON does and writes nothing
+//!   for an unset variable; `none` copies and writes nothing when unset;
+//! - literal text is copied as written.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once, OnceLock, Weak};
+use std::time::Duration;
+
+use crate::config::Var;
+
+/// `log_format ... escape=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    Default,
+    Json,
+    None,
+}
+
+impl Escape {
+    pub fn parse(s: &str) -> Option<Escape> {
+        Some(match s {
+            "default" => Escape::Default,
+            "json" => Escape::Json,
+            "none" => Escape::None,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Escape::Default => "default",
+            Escape::Json => "json",
+            Escape::None => "none",
+        }
+    }
+}
+
+/// The log module's own operations (nginx's `ngx_http_log_vars`): numbers
+/// and times, written without escaping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Pipe,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    RequestTime,
+    Status,
+    BytesSent,
+    BodyBytesSent,
+    RequestLength,
+}
+
+impl Builtin {
+    fn from_name(n: &str) -> Option<Builtin> {
+        use Builtin::*;
+        Some(match n {
+            "pipe" => Pipe,
+            "time_local" => TimeLocal,
+            "time_iso8601" => TimeIso8601,
+            "msec" => Msec,
+            "request_time" => RequestTime,
+            "status" => Status,
+            "bytes_sent" => BytesSent,
+            "body_bytes_sent" => BodyBytesSent,
+            "request_length" => RequestLength,
+            _ => return None,
+        })
+    }
+}
+
+/// A variable in a log line: one the rest of why502 knows ([`Var`]), or
+/// one that only makes sense once the request is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogVar {
+    Var(Var),
+    /// `$request`: the request line as received.
+    Request,
+    /// `$connection`: the connection's serial number.
+    Connection,
+    /// `$connection_requests`: requests made on this connection so far.
+    ConnectionRequests,
+    UpstreamAddr,
+    UpstreamStatus,
+    UpstreamResponseTime,
+    UpstreamConnectTime,
+    UpstreamHeaderTime,
+    /// `$why502_cause`: the cause code of a failed request; unset (`-`) otherwise.
+    Why502Cause,
+    /// `$http_NAME`: the request header, name as looked up (`user-agent`).
+    Header(String),
+    /// `$sent_http_NAME`: the response header, name as looked up.
+    SentHttp(String),
+    /// `$pid`.
+    Pid,
+    /// `$request_completion`: `OK` when the response was sent completely.
+    RequestCompletion,
+}
+
+impl LogVar {
+    /// Resolves a variable name (without `$`) for a log format.
+    pub fn from_name(name: &str, user: &dyn Fn(&str) -> bool) -> Option<LogVar> {
+        let lower = name.to_ascii_lowercase();
+        Some(match lower.as_str() {
+            "request" => LogVar::Request,
+            "connection" => LogVar::Connection,
+            "connection_requests" => LogVar::ConnectionRequests,
+            "upstream_addr" => LogVar::UpstreamAddr,
+            "upstream_status" => LogVar::UpstreamStatus,
+            "upstream_response_time" => LogVar::UpstreamResponseTime,
+            "upstream_connect_time" => LogVar::UpstreamConnectTime,
+            "upstream_header_time" => LogVar::UpstreamHeaderTime,
+            "why502_cause" => LogVar::Why502Cause,
+            "pid" => LogVar::Pid,
+            "request_completion" => LogVar::RequestCompletion,
+            n => {
+                if let Some(h) = n.strip_prefix("sent_http_") {
+                    LogVar::SentHttp(h.replace('_', "-"))
+                } else if let Some(h) = n.strip_prefix("http_") {
+                    LogVar::Header(h.replace('_', "-"))
+                } else if user(name) {
+                    LogVar::Var(Var::User(name.to_string()))
+                } else {
+                    LogVar::Var(Var::from_name(n)?)
+                }
+            }
+        })
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Op {
+    Lit(Box<[u8]>),
+    Builtin(Builtin),
+    Var(LogVar),
+}
+
+/// A compiled `log_format`.
+#[derive(Clone)]
+pub struct LogFormat {
+    pub name: String,
+    pub escape: Escape,
+    /// The format string (nginx's arguments joined), as written.
+    pub source: String,
+    /// `combined` / `why502`: known without a definition.
+    pub builtin: bool,
+    ops: Vec<Op>,
+}
+
+impl fmt::Debug for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "LogFormat({} escape={} {:?})",
+            self.name,
+            self.escape.as_str(),
+            self.source
+        )
+    }
+}
+
+impl PartialEq for LogFormat {
+    fn eq(&self, o: &LogFormat) -> bool {
+        self.name == o.name && self.escape == o.escape && self.source == o.source
+    }
+}
+
+/// nginx's predefined format.
+pub const COMBINED: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\"";
+
+/// why502's default for the YAML front end and the one-liner: `combined`
+/// plus the cause of a failure and the request id.
+pub const WHY502: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\" cause=$why502_cause rid=$request_id";
+
+impl LogFormat {
+    /// Compiles a format like nginx's `ngx_http_log_compile_format`.
+    /// `user` says which names are `set` variables.
+    pub fn compile(
+        name: &str,
+        escape: Escape,
+        source: &str,
+        user: &dyn Fn(&str) -> bool,
+    ) -> Result<LogFormat, String> {
+        let b = source.as_bytes();
+        let mut ops = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'$' {
+                let start = i;
+                while i < b.len() && b[i] != b'$' {
+                    i += 1;
+                }
+                ops.push(Op::Lit(b[start..i].into()));
+                continue;
+            }
+            let at = i;
+            i += 1;
+            let bracket = b.get(i) == Some(&b'{');
+            if bracket {
+                i += 1;
+            }
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            let var = &source[start..i];
+            if bracket {
+                if b.get(i) != Some(&b'}') {
+                    return Err(format!(
+                        "the closing bracket in \"{var}\" variable is missing"
+                    ));
+                }
+                i += 1;
+            }
+            if var.is_empty() {
+                return Err(format!("invalid parameter \"{}\"", &source[at..]));
+            }
+            if let Some(op) = Builtin::from_name(var) {
+                ops.push(Op::Builtin(op));
+            } else {
+                let v = LogVar::from_name(var, user)
+                    .ok_or_else(|| format!("unknown \"{var}\" variable"))?;
+                ops.push(Op::Var(v));
+            }
+        }
+        Ok(LogFormat {
+            name: name.to_string(),
+            escape,
+            source: source.to_string(),
+            builtin: false,
+            ops,
+        })
+    }
+
+    /// nginx's `combined`.
+    pub fn combined() -> Arc<LogFormat> {
+        static F: OnceLock<Arc<LogFormat>> = OnceLock::new();
+        F.get_or_init(|| builtin_format("combined", COMBINED))
+            .clone()
+    }
+
+    /// why502's default format (`combined cause=... rid=...`).
+    pub fn why502() -> Arc<LogFormat> {
+        static F: OnceLock<Arc<LogFormat>> = OnceLock::new();
+        F.get_or_init(|| builtin_format("why502", WHY502)).clone()
+    }
+
+    /// The built-in format of that name (`combined`, `why502`; any case, as
+    /// nginx looks formats up).
+    pub fn builtin(name: &str) -> Option<Arc<LogFormat>> {
+        if name.eq_ignore_ascii_case("combined") {
+            Some(Self::combined())
+        } else if name.eq_ignore_ascii_case("why502") {
+            Some(Self::why502())
+        } else {
+            None
+        }
+    }
+
+    /// True if any variable of the format satisfies `f`.
+    pub fn uses(&self, f: &dyn Fn(&LogVar) -> bool) -> bool {
+        self.ops.iter().any(|o| matches!(o, Op::Var(v) if f(v)))
+    }
+
+    /// Appends one rendered line (without the newline) to `out`.
+    pub fn render(&self, vals: &dyn LogValues, out: &mut Vec<u8>) {
+        for op in &self.ops {
+            match op {
+                Op::Lit(b) => out.extend_from_slice(b),
+                Op::Builtin(b) => vals.builtin(*b, out),
+                Op::Var(v) => match (vals.var(v), self.escape) {
+                    (None, Escape::Default) => out.push(b'-'),
+                    (None, _) => {}
+                    (Some(s), Escape::Default) => escape_default(&s, out),
+                    (Some(s), Escape::Json) => escape_json(&s, out),
+                    (Some(s), Escape::None) => out.extend_from_slice(&s),
+                },
+            }
+        }
+    }
+}
+
+fn builtin_format(name: &str, src: &str) -> Arc<LogFormat> {
+    let mut f = LogFormat::compile(name, Escape::Default, src, &|_| false).unwrap_or_else(|_| {
+        // The built-in strings compile (a unit test says so); never reached.
+        LogFormat {
+            name: name.to_string(),
+            escape: Escape::Default,
+            source: src.to_string(),
+            builtin: true,
+            ops: Vec::new(),
+        }
+    });
+    f.builtin = true;
+    Arc::new(f)
+}
+
+/// What a log line needs from a request.
+pub trait LogValues {
+    /// Appends the value of one of the log module's own operations.
+    fn builtin(&self, b: Builtin, out: &mut Vec<u8>);
+    /// A variable's value; `None` = not set (logged as `-` by default).
+    fn var(&self, v: &LogVar) -> Option<Cow<'_, [u8]>>;
+}
+
+/// nginx's default escaping (`ngx_http_log_escape`).
+pub fn escape_default(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut from = 0;
+    for (i, &c) in s.iter().enumerate() {
+        if !(0x20..0x7f).contains(&c) || c == b'"' || c == b'\\' {
+            out.extend_from_slice(&s[from..i]);
+            out.extend_from_slice(&[b'\\', b'x', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]);
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&s[from..]);
+}
+
+/// nginx's JSON escaping (`ngx_escape_json`): bytes from 0x80 up are copied.
+pub fn escape_json(s: &[u8], out: &mut Vec<u8>) {
+    let mut from = 0;
+    for (i, &c) in s.iter().enumerate() {
+        let short = match c {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            c if c < 0x20 => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&s[from..i]);
+        from = i + 1;
+        if short != 0 {
+            out.extend_from_slice(&[b'\\', short]);
+        } else {
+            let lo = c & 15;
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                b'0' + (c >> 4),
+                if lo < 10 { b'0' + lo } else { b'A' + lo - 10 },
+            ]);
+        }
+    }
+    out.extend_from_slice(&s[from..]);
+}
+
+// ---- time stamps ----------------------------------------------------------
+
+struct TimeCache {
+    secs: u64,
+    local: String,
+    iso: String,
+}
+
+thread_local! {
+    static TIME: std::cell::RefCell<TimeCache> = const {
+        std::cell::RefCell::new(TimeCache { secs: u64::MAX, local: String::new(), iso: String::new() })
+    };
+}
+
+fn now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Like nginx, the local-time texts are made once per second (per thread).
+fn with_time(f: impl FnOnce(&TimeCache)) {
+    let secs = now().as_secs();
+    TIME.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.secs != secs {
+            use std::fmt::Write as _;
+            let t = chrono::Local::now();
+            c.local.clear();
+            c.iso.clear();
+            let _ = write!(c.local, "{}", t.format("%d/%b/%Y:%H:%M:%S %z"));
+            let _ = write!(c.iso, "{}", t.format("%Y-%m-%dT%H:%M:%S%:z"));
+            c.secs = secs;
+        }
+        f(&c);
+    });
+}
+
+/// `$time_local`: `21/Nov/2026:19:13:30 +0000`.
+pub fn push_time_local(out: &mut Vec<u8>) {
+    with_time(|t| out.extend_from_slice(t.local.as_bytes()));
+}
+
+/// `$time_iso8601`: `2026-11-21T19:13:30+00:00`.
+pub fn push_time_iso8601(out: &mut Vec<u8>) {
+    with_time(|t| out.extend_from_slice(t.iso.as_bytes()));
+}
+
+/// `$msec`: seconds since the epoch with milliseconds.
+pub fn push_msec(out: &mut Vec<u8>) {
+    let d = now();
+    let _ = write!(out, "{}.{:03}", d.as_secs(), d.subsec_millis());
+}
+
+/// A duration as nginx logs times: seconds with milliseconds (`0.003`).
+pub fn push_secs(d: Duration, out: &mut Vec<u8>) {
+    let ms = d.as_millis();
+    let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+}
+
+// ---- files ----------------------------------------------------------------
+
+/// Lines are kept in memory until this much is buffered...
+const FLUSH_BYTES: usize = 64 * 1024;
+/// ...or for at most this long (the flusher thread's period).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One open access-log file, shared by every `access_log` that names it.
+/// Lines are appended to a buffer under a mutex (no system call on the
+/// request path); the buffer is written when it reaches [`FLUSH_BYTES`], by
+/// a background thread every [`FLUSH_INTERVAL`], at process exit and when
+/// the file is dropped.
+pub struct LogFile {
+    path: PathBuf,
+    state: Mutex<FileBuf>,
+}
+
+struct FileBuf {
+    file: File,
+    buf: Vec<u8>,
+    /// The last write error was reported at this second (once a minute, like nginx).
+    err_reported: u64,
+}
+
+impl fmt::Debug for LogFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LogFile({})", self.path.display())
+    }
+}
+
+static REGISTRY: Mutex<Vec<Weak<LogFile>>> = Mutex::new(Vec::new());
+
+impl LogFile {
+    /// Opens (creates, appends to) a log file and registers it with the
+    /// flusher thread.
+    pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let f = Arc::new(LogFile {
+            path: path.to_path_buf(),
+            state: Mutex::new(FileBuf {
+                file,
+                buf: Vec::with_capacity(FLUSH_BYTES),
+                err_reported: 0,
+            }),
+        });
+        if let Ok(mut r) = REGISTRY.lock() {
+            r.retain(|w| w.strong_count() > 0);
+            r.push(Arc::downgrade(&f));
+        }
+        start_flusher();
+        Ok(f)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line (`line` ends with a newline).
+    pub fn write_line(&self, line: &[u8]) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        s.buf.extend_from_slice(line);
+        if s.buf.len() >= FLUSH_BYTES {
+            s.write_out(&self.path);
+        }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.write_out(&self.path);
+        }
+    }
+}
+
+impl Drop for LogFile {
+    /// The last `access_log` using the file is gone (shutdown): write the rest.
+    fn drop(&mut self) {
+        if let Ok(s) = self.state.get_mut() {
+            s.write_out(&self.path);
+        }
+    }
+}
+
+impl FileBuf {
+    fn write_out(&mut self, path: &Path) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            // A failing log must not fail requests; say so at most once a minute.
+            let t = now().as_secs();
+            if t.saturating_sub(self.err_reported) > 59 {
+                self.err_reported = t;
+                eprintln!("why502: write() to \"{}\" failed: {e}", path.display());
+            }
+        }
+        self.buf.clear();
+    }
+}
+
+/// Writes every open log's buffer.
+pub fn flush_all() {
+    let files: Vec<Arc<LogFile>> = match REGISTRY.lock() {
+        Ok(r) => r.iter().filter_map(Weak::upgrade).collect(),
+        Err(_) => return,
+    };
+    for f in files {
+        f.flush();
+    }
+}
+
+extern "C" fn flush_at_exit() {
+    flush_all();
+}
+
+fn start_flusher() {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("why502-log-flush".into())
+            .spawn(|| loop {
+                std::thread::sleep(FLUSH_INTERVAL);
+                flush_all();
+            });
+        // Pingora ends the process with exit(): write what is buffered then.
+        // SAFETY: registers a plain function without captures; atexit only
+        // stores the pointer.
+        unsafe {
+            libc::atexit(flush_at_exit);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct V;
+    impl LogValues for V {
+        fn builtin(&self, b: Builtin, out: &mut Vec<u8>) {
+            out.extend_from_slice(format!("<{b:?}>").as_bytes());
+        }
+        fn var(&self, v: &LogVar) -> Option<Cow<'_, [u8]>> {
+            match v {
+                LogVar::Header(h) if h == "user-agent" => {
+                    Some(Cow::Borrowed(b"a\"b\\c\x01\xc3\xa9\n\t"))
+                }
+                LogVar::Header(_) | LogVar::Var(Var::RemoteUser) => None,
+                LogVar::Var(Var::Args) => Some(Cow::Borrowed(b"")),
+                other => Some(Cow::Owned(format!("{other:?}").into_bytes())),
+            }
+        }
+    }
+
+    fn render(f: &LogFormat) -> String {
+        let mut out = Vec::new();
+        f.render(&V, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn builtins_compile() {
+        assert_eq!(LogFormat::combined().ops.len(), 16);
+        assert!(LogFormat::why502().uses(&|v| *v == LogVar::Why502Cause));
+        assert!(LogFormat::builtin("Combined").is_some_and(|f| f.builtin));
+    }
+
+    #[test]
+    fn escapes_like_nginx() {
+        let none = |_: &str| false;
+        let src = "$http_user_agent|$http_referer|$remote_user|$args|${status}x";
+        let d = LogFormat::compile("d", Escape::Default, src, &none).expect("ok");
+        assert_eq!(
+            render(&d),
+            "a\\x22b\\x5Cc\\x01\\xC3\\xA9\\x0A\\x09|-|-||<Status>x"
+        );
+        let j = LogFormat::compile("j", Escape::Json, src, &none).expect("ok");
+        assert_eq!(render(&j), "a\\\"b\\\\c\\u0001\u{e9}\\n\\t||||<Status>x");
+        let n = LogFormat::compile("n", Escape::None, src, &none).expect("ok");
+        assert_eq!(render(&n), "a\"b\\c\u{1}\u{e9}\n\t||||<Status>x");
+        let mut out = Vec::new();
+        escape_json(b"\x1f\x0b", &mut out);
+        assert_eq!(out, b"\\u001F\\u000B");
+    }
+
+    #[test]
+    fn compile_errors_and_names() {
+        let none = |_: &str| false;
+        for (src, err) in [
+            ("$nope", "unknown \"nope\" variable"),
+            ("${uri", "closing bracket"),
+            ("x $", "invalid parameter"),
+            ("$-", "invalid parameter"),
+        ] {
+            let e = LogFormat::compile("f", Escape::Default, src, &none).expect_err(src);
+            assert!(e.contains(err), "{src}: {e}");
+        }
+        let f = LogFormat::compile(
+            "f",
+            Escape::Default,
+            "$HTTP_X_A $sent_http_content_type $who $upstream_addr $request",
+            &|n| n == "who",
+        )
+        .expect("ok");
+        assert!(f.uses(&|v| *v == LogVar::Header("x-a".into())));
+        assert!(f.uses(&|v| *v == LogVar::SentHttp("content-type".into())));
+        assert!(f.uses(&|v| *v == LogVar::Var(Var::User("who".into()))));
+        assert!(f.uses(&|v| *v == LogVar::UpstreamAddr));
+    }
+
+    #[test]
+    fn time_texts() {
+        let mut out = Vec::new();
+        push_time_local(&mut out);
+        out.push(b' ');
+        push_time_iso8601(&mut out);
+        out.push(b' ');
+        push_msec(&mut out);
+        out.push(b' ');
+        push_secs(Duration::from_micros(1_234_567), &mut out);
+        let s = String::from_utf8(out).expect("utf8");
+        let re = regex::Regex::new(
+            r"^\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4} \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d \d+\.\d{3} 1\.234$",
+        )
+        .expect("re");
+        assert!(re.is_match(&s), "{s}");
+    }
+
+    #[test]
+    fn files_are_shared_buffered_and_flushed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("a.log");
+        let f = LogFile::open(&p).expect("open");
+        f.write_line(b"one\n");
+        f.write_line(b"two\n");
+        f.flush();
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "one\ntwo\n");
+        // A full buffer is written without waiting for the flusher.
+        let line = vec![b'x'; 1023];
+        for _ in 0..80 {
+            let mut l = line.clone();
+            l.push(b'\n');
+            f.write_line(&l);
+        }
+        assert!(std::fs::metadata(&p).expect("meta").len() >= FLUSH_BYTES as u64);
+        // The flusher thread writes the rest.
+        f.write_line(b"last\n");
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(&p)
+            .expect("read")
+            .ends_with("last\n")
+        {
+            assert!(t0.elapsed() < Duration::from_secs(5), "not flushed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
