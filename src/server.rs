@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::TcpSocketOptions;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 
@@ -37,18 +37,27 @@ pub fn init_tracing(config: &Config) -> Result<(), String> {
     res.map_err(|e| format!("cannot initialize logging: {e}"))
 }
 
+/// The client connection's write buffer: a response header and a body of
+/// up to about 16 KiB leave in one write (Pingora's default, 1460 bytes,
+/// splits anything larger than one packet into two sends). Memory is only
+/// touched as far as a response fills it.
+fn l4_buffer() -> L4BufferSettings {
+    L4BufferSettings {
+        read: None,
+        write: Some(16 * 1024),
+    }
+}
+
 /// Runs the server until it is stopped. Never returns on success.
 pub fn run(config: Config) -> Result<(), String> {
     init_tracing(&config)?;
-    let threads = if config.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        config.threads
-    };
+    let threads = crate::proxy::worker_threads(&config);
     let conf = ServerConf {
         threads,
+        // One single-threaded runtime per worker thread, as nginx runs one
+        // process per worker: a connection and its upstream connections stay
+        // on one thread, with no cross-thread wake-ups (see upstream::pool_slot).
+        work_stealing: false,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
@@ -67,6 +76,12 @@ pub fn run(config: Config) -> Result<(), String> {
         .cloned()
         .collect();
     let h2c = all.iter().any(|l| l.tls.is_none() && l.http2);
+    // Pingora panics in a service thread (and the process lingers) when a
+    // listener cannot be bound: try every address first, for a clear error.
+    for l in &listens {
+        std::net::TcpListener::bind(l.addr)
+            .map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
+    }
     let rt = Runtime::new(config).map_err(|e| format!("cannot open log: {e}"))?;
     let mut svc =
         pingora_proxy::http_proxy_service(&server.configuration, Why502 { rt: Arc::new(rt) });
@@ -91,9 +106,18 @@ pub fn run(config: Config) -> Result<(), String> {
                 if l.http2 {
                     tls.enable_h2();
                 }
-                svc.add_tls_with_settings(&addr, Some(sock), tls);
+                svc.add_listener(
+                    ListenerConfig::tcp(addr)
+                        .tcp_socket_options(sock)
+                        .tls(tls)
+                        .l4_buffer(l4_buffer()),
+                );
             }
-            None => svc.add_tcp_with_settings(&addr, sock),
+            None => svc.add_listener(
+                ListenerConfig::tcp(addr)
+                    .tcp_socket_options(sock)
+                    .l4_buffer(l4_buffer()),
+            ),
         }
     }
     if h2c {

@@ -317,12 +317,33 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct UpstreamState {
     pub config: std::sync::Arc<Upstream>,
     state: Mutex<Vec<ServerState>>,
-    /// Idle FastCGI connections with the time they became idle.
-    idle: Vec<Mutex<Vec<(Conn, Instant)>>>,
-    /// Idle HTTP/1.1 keep-alive connections (HTTP upstreams), with the key of
-    /// the settings they were opened with (0 for plain HTTP, one per location
-    /// for TLS: CA, name) and the time they became idle.
-    http_idle: Vec<Mutex<Vec<(u64, HttpWire, Instant)>>>,
+    /// Idle FastCGI connections with the time they became idle, per server
+    /// and per worker thread (see [`pool_slot`]).
+    idle: Vec<PerThread<(Conn, Instant)>>,
+    /// Idle HTTP/1.1 keep-alive connections (HTTP upstreams), per server and
+    /// worker thread, with the key of the settings they were opened with (0
+    /// for plain HTTP, one per location for TLS: CA, name) and the time they
+    /// became idle.
+    http_idle: Vec<PerThread<(u64, HttpWire, Instant)>>,
+}
+
+/// One idle pool per worker thread (see [`pool_slot`]).
+type PerThread<T> = Vec<Mutex<Vec<T>>>;
+
+/// The idle-pool slot of the calling thread, out of `n`.
+///
+/// Each worker thread runs its own single-threaded runtime (as nginx runs
+/// worker processes), and a socket stays registered with the runtime that
+/// opened it: a connection opened on one thread and reused on another would
+/// have every readiness event delivered by the first thread's reactor and
+/// forwarded across threads. So idle connections are pooled per thread, and
+/// `keepalive N` means N per worker thread, as it means N per worker process
+/// in nginx.
+fn pool_slot(n: usize) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    SLOT.with(|s| *s) % n.max(1)
 }
 
 /// The outcome of picking a server.
@@ -333,8 +354,10 @@ pub enum Pick {
 }
 
 impl UpstreamState {
-    pub fn new(config: std::sync::Arc<Upstream>) -> UpstreamState {
+    /// State with one idle-pool slot per worker thread (`threads`).
+    pub fn new(config: std::sync::Arc<Upstream>, threads: usize) -> UpstreamState {
         let n = config.servers.len();
+        let slots = threads.max(1);
         UpstreamState {
             state: Mutex::new(
                 (0..n)
@@ -347,8 +370,12 @@ impl UpstreamState {
                     })
                     .collect(),
             ),
-            idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            http_idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..n)
+                .map(|_| (0..slots).map(|_| Mutex::new(Vec::new())).collect())
+                .collect(),
+            http_idle: (0..n)
+                .map(|_| (0..slots).map(|_| Mutex::new(Vec::new())).collect())
+                .collect(),
             config,
         }
     }
@@ -432,7 +459,8 @@ impl UpstreamState {
 
     /// Takes a live idle connection to server `i`, if any.
     pub fn take_idle(&self, i: usize) -> Option<Conn> {
-        let pool = self.idle.get(i)?;
+        let slots = self.idle.get(i)?;
+        let pool = slots.get(pool_slot(slots.len()))?;
         loop {
             let (c, since) = pool.lock().ok()?.pop()?;
             if since.elapsed() < self.config.keepalive_timeout && c.is_idle_alive() {
@@ -443,7 +471,8 @@ impl UpstreamState {
 
     /// Returns a connection to the idle pool (dropped if the pool is full).
     pub fn put_idle(&self, i: usize, c: Conn) {
-        if let Some(pool) = self.idle.get(i) {
+        let slots = self.idle.get(i).map(Vec::as_slice).unwrap_or_default();
+        if let Some(pool) = slots.get(pool_slot(slots.len())) {
             if let Ok(mut p) = pool.lock() {
                 if p.len() < self.config.keepalive.max(1) {
                     p.push((c, Instant::now()));
@@ -456,7 +485,7 @@ impl UpstreamState {
     /// `keepalive_timeout` (default [`IDLE_TIMEOUT`]): an idle
     /// connection holds a PHP-FPM worker, so it must not be kept forever.
     pub fn expire_idle(&self) {
-        for pool in &self.idle {
+        for pool in self.idle.iter().flatten() {
             if let Ok(mut p) = pool.lock() {
                 p.retain(|(_, since)| since.elapsed() < self.config.keepalive_timeout);
             }
@@ -467,6 +496,7 @@ impl UpstreamState {
     pub fn idle_count(&self) -> usize {
         self.idle
             .iter()
+            .flatten()
             .filter_map(|p| p.lock().ok().map(|p| p.len()))
             .sum()
     }
@@ -476,7 +506,8 @@ impl UpstreamState {
     /// Takes a live idle HTTP keep-alive connection to server `i`, opened
     /// with settings `key`, that has been idle for less than `max_idle`.
     pub fn take_idle_http(&self, i: usize, key: u64, max_idle: Duration) -> Option<HttpWire> {
-        let mut p = self.http_idle.get(i)?.lock().ok()?;
+        let slots = self.http_idle.get(i)?;
+        let mut p = slots.get(pool_slot(slots.len()))?.lock().ok()?;
         while let Some(pos) = p.iter().rposition(|(k, _, _)| *k == key) {
             let (_, w, since) = p.remove(pos);
             if since.elapsed() < max_idle && fd_idle_alive(w.fd()) {
@@ -492,7 +523,8 @@ impl UpstreamState {
         if self.config.keepalive == 0 {
             return;
         }
-        if let Some(Ok(mut p)) = self.http_idle.get(i).map(|p| p.lock()) {
+        let slots = self.http_idle.get(i).map(Vec::as_slice).unwrap_or_default();
+        if let Some(Ok(mut p)) = slots.get(pool_slot(slots.len())).map(|p| p.lock()) {
             let max_idle = self.config.keepalive_timeout;
             p.retain(|(_, _, since)| since.elapsed() < max_idle);
             if p.len() < self.config.keepalive {
@@ -509,21 +541,25 @@ mod tests {
     use std::sync::Arc;
 
     fn up(weights: &[(u32, bool)]) -> UpstreamState {
-        UpstreamState::new(Arc::new(Upstream {
-            name: "u".into(),
-            servers: weights
-                .iter()
-                .enumerate()
-                .map(|(i, (w, b))| {
-                    let mut s = UpstreamServer::new(Addr::Tcp(format!("127.0.0.1:{}", 1000 + i)));
-                    s.weight = *w;
-                    s.backup = *b;
-                    s
-                })
-                .collect(),
-            keepalive: 2,
-            keepalive_timeout: crate::upstream::IDLE_TIMEOUT,
-        }))
+        UpstreamState::new(
+            Arc::new(Upstream {
+                name: "u".into(),
+                servers: weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (w, b))| {
+                        let mut s =
+                            UpstreamServer::new(Addr::Tcp(format!("127.0.0.1:{}", 1000 + i)));
+                        s.weight = *w;
+                        s.backup = *b;
+                        s
+                    })
+                    .collect(),
+                keepalive: 2,
+                keepalive_timeout: crate::upstream::IDLE_TIMEOUT,
+            }),
+            1,
+        )
     }
 
     #[test]

@@ -185,6 +185,17 @@ impl Template {
         self.pieces.iter().all(|p| matches!(p, Piece::Lit(_)))
     }
 
+    /// Like [`Template::eval`], borrowing when the template is one literal
+    /// or one variable (most FastCGI params): no allocation per param.
+    pub fn eval_cow<'v>(&'v self, vars: &'v dyn Vars) -> Cow<'v, str> {
+        match self.pieces.as_slice() {
+            [] => Cow::Borrowed(""),
+            [Piece::Lit(s)] => Cow::Borrowed(s),
+            [Piece::Var(v)] => vars.var(v),
+            _ => Cow::Owned(self.eval(vars)),
+        }
+    }
+
     pub fn eval(&self, vars: &dyn Vars) -> String {
         match self.pieces.as_slice() {
             [] => String::new(),

@@ -35,7 +35,7 @@ const READ_CHUNK: usize = 32 * 1024;
 pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> BytesMut {
     let mut p = BytesMut::with_capacity(1024);
     for param in &fc.params {
-        let v = param.value.eval(vars);
+        let v = param.value.eval_cow(vars);
         if param.if_not_empty && v.is_empty() {
             continue;
         }
@@ -206,7 +206,8 @@ pub async fn serve(
             body_sent: 0,
             head_only: session.req_header().method == http::Method::HEAD,
             pending: Vec::new(),
-            cork: Cork::default(),
+            head: None,
+            needs_framing: false,
         };
         match ex.run(session, ctx, &prelude, has_body).await {
             Attempt::Done(reusable) => {
@@ -274,66 +275,12 @@ struct Exchange<'a> {
     head_only: bool,
     /// Body data decoded from one read, written to the client as one piece.
     pending: Vec<Bytes>,
-    /// The client's TCP socket while corked (see [`Cork`]).
-    cork: Cork,
-}
-
-/// `TCP_CORK` on the client's socket while the writes for one read from the
-/// upstream go out. Pingora flushes the header, every body chunk and the last
-/// chunk separately: three sends (three loopback deliveries, three wake-ups
-/// of the client) for a small chunked response, where nginx does one writev.
-/// Corked, they leave as one segment when the batch ends; the bytes on the
-/// wire are the same. Uncorked before every wait for the upstream, so
-/// streaming is never delayed.
-#[derive(Default)]
-struct Cork {
-    /// The socket, once looked up: `None` before, `Some(None)` when it cannot
-    /// be corked (HTTP/2, not TCP).
-    fd: Option<Option<i32>>,
-    on: bool,
-}
-
-fn set_cork(fd: i32, on: bool) -> bool {
-    let v: libc::c_int = on.into();
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
-    }
-}
-
-impl Cork {
-    fn engage(&mut self, session: &Session) {
-        if self.on {
-            return;
-        }
-        let fd = *self.fd.get_or_insert_with(|| {
-            // An HTTP/1 session's stream id is its socket's fd (plain or TLS).
-            let fd = session.as_downstream().stream()?.id();
-            (fd >= 0).then_some(fd)
-        });
-        if let Some(fd) = fd {
-            if set_cork(fd, true) {
-                self.on = true;
-            } else {
-                self.fd = Some(None); // not TCP: never again
-            }
-        }
-    }
-
-    fn release(&mut self) {
-        if self.on {
-            self.on = false;
-            if let Some(Some(fd)) = self.fd {
-                set_cork(fd, false);
-            }
-        }
-    }
+    /// The response header, decided but not yet written: it goes out with
+    /// the body data of the same upstream read (see [`Exchange::flush_head`]).
+    head: Option<Box<ResponseHeader>>,
+    /// The response needs framing chosen at flush time (no Content-Length
+    /// from the app, a body allowed, HTTP/1.x).
+    needs_framing: bool,
 }
 
 fn send_failure(e: &std::io::Error) -> Failure {
@@ -410,9 +357,7 @@ impl Exchange<'_> {
         prelude: &Bytes,
         has_body: bool,
     ) -> Attempt {
-        let a = self.exchange(session, ctx, prelude, has_body).await;
-        self.cork.release();
-        a
+        self.exchange(session, ctx, prelude, has_body).await
     }
 
     async fn exchange(
@@ -466,20 +411,19 @@ impl Exchange<'_> {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        if let Some(a) = self.write_pending(session, ctx).await {
+                        if let Some(a) = self.write_pending(session, ctx, false).await {
                             return a;
                         }
                         return self.fail(ctx, framing_failure(&e), false);
                     }
                 }
             }
-            if let Some(a) = self.write_pending(session, ctx).await {
+            if let Some(a) = self.write_pending(session, ctx, dec.is_done()).await {
                 return a;
             }
             if dec.is_done() {
                 return self.finish(session, ctx).await;
             }
-            self.cork.release();
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
             }
@@ -693,8 +637,18 @@ impl Exchange<'_> {
         None
     }
 
-    /// Writes the body data queued from one read as one piece.
-    async fn write_pending(&mut self, session: &mut Session, ctx: &mut ReqCtx) -> Option<Attempt> {
+    /// Writes the header if it is still pending, then the body data queued
+    /// from one read as one piece. `complete`: the upstream's END_REQUEST
+    /// came in the same read, so this is the whole body.
+    async fn write_pending(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        complete: bool,
+    ) -> Option<Attempt> {
+        if let Some(a) = self.flush_head(session, ctx, complete).await {
+            return Some(a);
+        }
         let data = match self.pending.len() {
             0 => return None,
             1 => self.pending.pop().unwrap_or_default(),
@@ -843,29 +797,43 @@ impl Exchange<'_> {
             );
         }
         let bodyless = matches!(head.status, 100..=199 | 204 | 304);
-        if self.declared_len.is_none()
+        self.needs_framing = self.declared_len.is_none()
             && !self.head_only
             && !bodyless
-            && !session.as_downstream().is_http2()
-        {
-            if session.req_header().version == http::Version::HTTP_11 {
+            && !session.as_downstream().is_http2();
+        let _ = h.insert_header(http::header::SERVER, "why502");
+        self.p.decorate_response(ctx, &mut h);
+        ctx.summary.status = status;
+        self.head = Some(Box::new(h));
+        self.head_sent = true;
+        None
+    }
+
+    /// Writes the pending response header. Without a Content-Length from
+    /// the app, the framing is chosen here: when the whole body is already in
+    /// hand (`complete`), Content-Length, so header and body leave in one
+    /// write (Pingora flushes a chunked header and every chunk on its own);
+    /// otherwise chunked for HTTP/1.1, or close-delimited for HTTP/1.0.
+    async fn flush_head(
+        &mut self,
+        session: &mut Session,
+        ctx: &mut ReqCtx,
+        complete: bool,
+    ) -> Option<Attempt> {
+        let mut h = self.head.take()?;
+        if self.needs_framing {
+            if complete {
+                let len: usize = self.pending.iter().map(Bytes::len).sum();
+                let _ = h.insert_header(http::header::CONTENT_LENGTH, len);
+            } else if session.req_header().version == http::Version::HTTP_11 {
                 let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
             } else {
                 session.set_keepalive(None);
             }
         }
-        let _ = h.insert_header(http::header::SERVER, "why502");
-        self.p.decorate_response(ctx, &mut h);
-        ctx.summary.status = status;
-        self.cork.engage(session);
-        if session
-            .write_response_header(Box::new(h), false)
-            .await
-            .is_err()
-        {
+        if session.write_response_header(h, false).await.is_err() {
             return Some(self.client_gone(ctx));
         }
-        self.head_sent = true;
         None
     }
 
@@ -888,7 +856,6 @@ impl Exchange<'_> {
         }
         if !data.is_empty() {
             self.body_sent += data.len() as u64;
-            self.cork.engage(session);
             if session
                 .write_response_body(Some(data), false)
                 .await
@@ -1013,7 +980,9 @@ impl Exchange<'_> {
     /// A failure: before the header it becomes an error response (by the
     /// caller); after the header it is logged and the response aborted.
     fn fail(&mut self, ctx: &mut ReqCtx, f: Failure, retryable: bool) -> Attempt {
-        if !self.head_sent {
+        if !self.head_sent || self.head.take().is_some() {
+            // Nothing reached the client yet: an error response is still possible.
+            self.head_sent = false;
             return Attempt::Failed { f, retryable };
         }
         ctx.summary.bytes_sent = self.body_sent;

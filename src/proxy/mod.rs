@@ -59,8 +59,9 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: Config) -> std::io::Result<Runtime> {
         let mut upstreams = HashMap::new();
+        let threads = worker_threads(&config);
         for s in &config.servers {
-            collect_upstreams(&s.locations, &mut upstreams);
+            collect_upstreams(&s.locations, threads, &mut upstreams);
         }
         let listens = route::ListenMap::new(&config.servers);
         let mut sinks = report::Sinks::new();
@@ -104,18 +105,31 @@ impl Runtime {
 
 fn collect_upstreams(
     locs: &[crate::config::Location],
+    threads: usize,
     out: &mut HashMap<usize, Arc<UpstreamState>>,
 ) {
     for l in locs {
         if let Some(fc) = &l.fastcgi {
             out.entry(Arc::as_ptr(&fc.upstream) as usize)
-                .or_insert_with(|| Arc::new(UpstreamState::new(fc.upstream.clone())));
+                .or_insert_with(|| Arc::new(UpstreamState::new(fc.upstream.clone(), threads)));
         }
         if let Some(hp) = &l.proxy {
             out.entry(Arc::as_ptr(&hp.upstream) as usize)
-                .or_insert_with(|| Arc::new(UpstreamState::new(hp.upstream.clone())));
+                .or_insert_with(|| Arc::new(UpstreamState::new(hp.upstream.clone(), threads)));
         }
-        collect_upstreams(&l.locations, out);
+        collect_upstreams(&l.locations, threads, out);
+    }
+}
+
+/// The number of worker threads: `threads`, or one per CPU when 0 (like
+/// nginx's `worker_processes auto`).
+pub fn worker_threads(config: &Config) -> usize {
+    if config.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        config.threads
     }
 }
 
@@ -305,15 +319,19 @@ impl ProxyHttp for Why502 {
 
 fn new_request_id(n: u64) -> String {
     // 16 hex chars: time-based prefix + counter, unique per process run.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    format!(
-        "{:08x}{:08x}",
-        (t as u32) ^ std::process::id().rotate_left(16),
-        n as u32
-    )
+    let v = (u64::from((t as u32) ^ pid.rotate_left(16)) << 32) | u64::from(n as u32);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(16);
+    for i in (0..16).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
+    out
 }
 
 impl Why502 {
@@ -328,9 +346,7 @@ impl Why502 {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         s.client = client;
-        s.client_addr = client
-            .map(|ip| ip.to_string())
-            .unwrap_or_else(|| "unix:".into());
+        s.client_addr = client.map(vars::ip_text).unwrap_or_else(|| "unix:".into());
         s.method = req.method.as_str().to_string();
         s.uri = req
             .uri
@@ -990,3 +1006,18 @@ pub fn location_root(server: &Server, loc: &crate::config::Location) -> PathBuf 
 
 #[allow(dead_code)]
 fn _assert_send(_: &FastCgi) {}
+
+#[cfg(test)]
+mod request_id_tests {
+    #[test]
+    fn request_id_is_16_hex_with_the_counter_last() {
+        let a = super::new_request_id(1);
+        let b = super::new_request_id(0xabcd);
+        assert_eq!(a.len(), 16);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a.ends_with("00000001"), "{a}");
+        assert!(b.ends_with("0000abcd"), "{b}");
+    }
+}

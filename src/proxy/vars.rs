@@ -112,6 +112,48 @@ impl<'a> ReqVars<'a> {
     }
 }
 
+/// An IP address as text, without `core::fmt` for IPv4 (the `Display` impl
+/// pads and aligns and showed up in profiles: two addresses per request).
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_u16(&mut s, u16::from(o));
+            }
+            s
+        }
+        v6 => v6.to_string(),
+    }
+}
+
+/// A port (or any u16) as text.
+pub fn u16_text(n: u16) -> String {
+    let mut s = String::with_capacity(5);
+    push_u16(&mut s, n);
+    s
+}
+
+fn push_u16(s: &mut String, n: u16) {
+    let mut buf = [0u8; 5];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
 fn arg_value<'s>(args: &'s str, name: &str) -> Option<&'s str> {
     args.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -147,15 +189,11 @@ impl Vars for ReqVars<'_> {
             FastcgiPathInfo => Cow::Borrowed(&self.path_info),
             Host => self.host(),
             Hostname => Cow::Borrowed(self.hostname),
-            RemoteAddr => Cow::Owned(self.client.map(|a| a.ip().to_string()).unwrap_or_default()),
-            RemotePort => Cow::Owned(
-                self.client
-                    .map(|a| a.port().to_string())
-                    .unwrap_or_default(),
-            ),
+            RemoteAddr => Cow::Owned(self.client.map(|a| ip_text(a.ip())).unwrap_or_default()),
+            RemotePort => Cow::Owned(self.client.map(|a| u16_text(a.port())).unwrap_or_default()),
             RemoteUser => Cow::Borrowed(""),
-            ServerAddr => Cow::Owned(self.local.map(|a| a.ip().to_string()).unwrap_or_default()),
-            ServerPort => Cow::Owned(self.local.map(|a| a.port().to_string()).unwrap_or_default()),
+            ServerAddr => Cow::Owned(self.local.map(|a| ip_text(a.ip())).unwrap_or_default()),
+            ServerPort => Cow::Owned(self.local.map(|a| u16_text(a.port())).unwrap_or_default()),
             ServerName => Cow::Borrowed(self.server_name),
             ServerProtocol => Cow::Borrowed(match self.req.version {
                 http::Version::HTTP_10 => "HTTP/1.0",
@@ -212,6 +250,29 @@ impl Vars for ReqVars<'_> {
                     .unwrap_or(""),
             ),
             User(name) => Cow::Borrowed(self.user.get(name).map(String::as_str).unwrap_or("")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_and_port_text_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.255.9",
+            "255.255.255.255",
+            "::1",
+            "fe80::1:2",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().expect("test address");
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in [0u16, 7, 10, 99, 100, 8080, 65535] {
+            assert_eq!(u16_text(n), n.to_string());
         }
     }
 }

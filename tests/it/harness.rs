@@ -90,9 +90,10 @@ impl Proxy {
                 error_log.display().to_string(),
                 "--events".to_string(),
                 events.display().to_string(),
-                "--threads".to_string(),
-                "2".to_string(),
             ]);
+            if !argv.iter().any(|a| a == "--threads") {
+                argv.extend(["--threads".to_string(), "2".to_string()]);
+            }
             let err_file = std::fs::File::create(&stderr).expect("create why502.stderr");
             let child = Command::new(&argv[0])
                 .args(&argv[1..])

@@ -202,9 +202,19 @@ fn big_upload_keeps_memory_flat() {
 fn keep_conn_reuses_one_fastcgi_connection() {
     let dir = support::temp_dir();
     let fake = FakeFcgi::start_tcp_thread(Fault::Ok).unwrap();
+    // Idle connections are pooled per worker thread (nginx: per worker
+    // process), so one thread for a count of exactly one.
     let p = Proxy::flags(
         dir.path(),
-        &["--fastcgi", &fake.addr(), "--root", &www(), "--keep-conn"],
+        &[
+            "--fastcgi",
+            &fake.addr(),
+            "--root",
+            &www(),
+            "--keep-conn",
+            "--threads",
+            "1",
+        ],
     );
     for i in 0..5 {
         let r = p.get(&format!("/x.php?i={i}"));
