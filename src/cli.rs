@@ -111,6 +111,11 @@ pub struct Quick {
     /// Worker threads (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Answer failures like nginx: no cause header, no Proxy-Status, nginx's
+    /// plain error page (logs and events stay). For measuring what the
+    /// diagnosis costs; in YAML, `diagnostics: {enabled: false}`.
+    #[arg(long)]
+    pub no_diagnostics: bool,
 }
 
 fn flag_err(flag: &str, e: String) -> String {
@@ -184,6 +189,9 @@ pub fn load(source: &Source, quick: &Quick) -> Result<Config, String> {
     }
     if let Some(t) = quick.threads {
         cfg.threads = t;
+    }
+    if quick.no_diagnostics {
+        cfg.diagnostics.enabled = false;
     }
     Ok(cfg)
 }

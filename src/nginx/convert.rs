@@ -79,6 +79,7 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
         .iter()
         .any(|d| d.name == "server" || d.name == "upstream");
     let mut servers = Vec::new();
+    let mut threads = 0;
     if has_http || !has_server {
         for d in tree {
             match d.name.as_str() {
@@ -87,6 +88,7 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
                     servers.append(&mut s);
                 }
                 "error_log" => cv.main_error_log(d)?,
+                "worker_processes" => threads = worker_processes(d)?,
                 "events" => cv.warn(d, "ignored (why502 uses its own worker threads)"),
                 n if MAIN_HARMLESS.contains(&n) => cv.warn(d, "ignored"),
                 "stream" | "mail" => return Err(err(d, "is not supported")),
@@ -116,15 +118,27 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
             events: None,
             access_log: std::mem::take(&mut cv.http_access_log),
         },
-        threads: 0,
+        threads,
         warnings: cv.warnings,
     })
+}
+
+/// `worker_processes N | auto`: why502's worker threads (0 = one per CPU,
+/// as nginx's `auto`).
+fn worker_processes(d: &Directive) -> Result<usize, ConfigError> {
+    match d.arg(0) {
+        Some("auto") => Ok(0),
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(err(d, format!("invalid value \"{n}\""))),
+        },
+        None => Err(err(d, "invalid number of arguments")),
+    }
 }
 
 /// Main-context directives that do not change request handling.
 const MAIN_HARMLESS: &[&str] = &[
     "user",
-    "worker_processes",
     "worker_rlimit_nofile",
     "worker_cpu_affinity",
     "worker_priority",
@@ -232,6 +246,8 @@ const HARMLESS: &[&str] = &[
     "proxy_temp_file_write_size",
     "proxy_max_temp_file_size",
     "proxy_temp_path",
+    "uwsgi_temp_path",
+    "scgi_temp_path",
     "proxy_buffering",
     "proxy_request_buffering",
     "proxy_ignore_client_abort",

@@ -72,13 +72,10 @@ fn debian_stock_files_convert() {
         let (_tmp, conf) = debian_conf(site);
         let cfg = load_file(&conf).unwrap_or_else(|e| panic!("{site}: {e}"));
         assert!(!cfg.servers.is_empty(), "{site}");
+        // Debian's `worker_processes auto`: one thread per CPU.
+        assert_eq!(cfg.threads, 0, "{site}");
         // harmless directives are reported with file:line
-        for name in [
-            "\"gzip\"",
-            "\"sendfile\"",
-            "\"worker_processes\"",
-            "\"events\"",
-        ] {
+        for name in ["\"gzip\"", "\"sendfile\"", "\"events\""] {
             assert!(
                 cfg.warnings
                     .iter()
@@ -512,4 +509,19 @@ http {
     let cfg = ok("http { server { listen 80; } }");
     assert!(cfg.logging.error_log.is_none() && cfg.servers[0].error_log.is_empty());
     assert_eq!(cfg.logging.error_level, LogLevel::Error);
+}
+
+#[test]
+fn worker_processes_sets_threads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("nginx.conf");
+    let site = "http { server { listen 127.0.0.1:8080; root /tmp; } }";
+    std::fs::write(&conf, format!("worker_processes 3;\n{site}\n")).expect("write");
+    assert_eq!(load_file(&conf).expect("loads").threads, 3);
+    std::fs::write(&conf, format!("worker_processes zero;\n{site}\n")).expect("write");
+    let e = load_file(&conf).expect_err("invalid").to_string();
+    assert!(
+        e.contains("nginx.conf:1") && e.contains("invalid value"),
+        "{e}"
+    );
 }
