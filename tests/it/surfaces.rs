@@ -190,3 +190,38 @@ servers:
         )
     );
 }
+
+#[test]
+fn a_listen_address_in_use_is_a_clear_error_not_a_hang() {
+    // Pingora panics in its service thread when a bind fails and the
+    // process lingers; why502 must exit with the address named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut child = std::process::Command::new(BIN)
+        .args(["--listen", &addr, "--root", "/tmp"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn why502");
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("why502 still running 10 s after failing to bind {addr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
