@@ -54,10 +54,13 @@ pub fn run(config: Config) -> Result<(), String> {
     let threads = crate::proxy::worker_threads(&config);
     let conf = ServerConf {
         threads,
-        // One single-threaded runtime per worker thread, as nginx runs one
-        // process per worker: a connection and its upstream connections stay
-        // on one thread, with no cross-thread wake-ups (see upstream::pool_slot).
-        work_stealing: false,
+        // A work-stealing runtime. One single-threaded runtime per thread
+        // (nginx's model) was measured too (docs/benchmarks.md): less CPU per
+        // request, but Pingora places each connection on a random thread and
+        // registers it with the accepting thread's reactor, so with a few
+        // long-lived connections one thread gets more of them and p99
+        // latency tripled.
+        work_stealing: true,
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()

@@ -332,13 +332,10 @@ type PerThread<T> = Vec<Mutex<Vec<T>>>;
 
 /// The idle-pool slot of the calling thread, out of `n`.
 ///
-/// Each worker thread runs its own single-threaded runtime (as nginx runs
-/// worker processes), and a socket stays registered with the runtime that
-/// opened it: a connection opened on one thread and reused on another would
-/// have every readiness event delivered by the first thread's reactor and
-/// forwarded across threads. So idle connections are pooled per thread, and
-/// `keepalive N` means N per worker thread, as it means N per worker process
-/// in nginx.
+/// Idle connections are pooled per worker thread, so `keepalive N` means N
+/// per worker thread, as it means N per worker process in nginx, and the
+/// threads do not contend for one lock. (With one single-threaded runtime
+/// per thread this also keeps a connection on the reactor that opened it.)
 fn pool_slot(n: usize) -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -217,7 +217,11 @@ fn a_listen_address_in_use_is_a_clear_error_not_a_hang() {
     };
     let mut err = String::new();
     use std::io::Read;
-    let _ = child.stderr.take().expect("stderr").read_to_string(&mut err);
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
     assert!(!status.success(), "{err}");
     assert!(
         err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
