@@ -304,6 +304,30 @@ pub fn sf_string(s: &str) -> String {
 }
 
 /// Escapes text for HTML.
+/// The explanation and hint paragraphs of a cause's page, escaped once per
+/// cause (they are static text) instead of on every failure.
+fn escaped_text(cause: Cause) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<(Cause, String)>> = std::sync::OnceLock::new();
+    let all = TEXTS.get_or_init(|| {
+        Cause::ALL
+            .iter()
+            .map(|&c| {
+                let info = c.info();
+                let text = format!(
+                    "<p id=\"explanation\">{}</p>\n<p id=\"hint\"><strong>What to check:</strong> {}</p>\n",
+                    html_escape(info.explanation),
+                    html_escape(info.hint)
+                );
+                (c, text)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(c, _)| *c == cause)
+        .map(|(_, t)| t.as_str())
+        .unwrap_or("")
+}
+
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
     // The escaped characters are ASCII: copy the runs between them whole.
@@ -441,12 +465,7 @@ code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.
         code = info.code
     );
     if trusted {
-        let _ = write!(
-            body,
-            "<p id=\"explanation\">{}</p>\n<p id=\"hint\"><strong>What to check:</strong> {}</p>\n",
-            html_escape(info.explanation),
-            html_escape(info.hint)
-        );
+        body.push_str(escaped_text(f.cause));
         if let Some(h) = &f.extra_hint {
             let _ = writeln!(
                 body,

@@ -178,6 +178,22 @@ impl AsyncWrite for Conn {
 
 /// `(104: Connection reset by peer)` — nginx's errno rendering.
 pub fn errno_text(e: &io::Error) -> String {
+    // strerror text per errno, computed once (a 502 storm formats the same
+    // few errnos over and over).
+    const CACHED: usize = 160;
+    static TEXTS: [std::sync::OnceLock<String>; CACHED] =
+        [const { std::sync::OnceLock::new() }; CACHED];
+    if let Some(slot) = e
+        .raw_os_error()
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| TEXTS.get(n))
+    {
+        return slot.get_or_init(|| errno_text_uncached(e)).clone();
+    }
+    errno_text_uncached(e)
+}
+
+fn errno_text_uncached(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => {
             let s = e.to_string();

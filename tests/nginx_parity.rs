@@ -91,8 +91,10 @@ fn view(r: &Resp, ports: &[u16]) -> BTreeMap<String, String> {
         "Cache-Control",
         "X-Parity",
     ] {
-        if let Some(v) = r.header(h) {
-            m.insert(format!("header {h}"), normalize(v, ports));
+        // Keyed by the name as sent: nginx's spelling (`ETag`,
+        // `Last-Modified`) is compared too, not only the value.
+        if let Some((name, v)) = r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(h)) {
+            m.insert(format!("header {name}"), normalize(v, ports));
         }
     }
     if r.header("Expires").is_some() {

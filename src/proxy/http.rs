@@ -1425,7 +1425,7 @@ pub fn response_filter(ctx: &mut ReqCtx, resp: &mut ResponseHeader) -> Result<()
             .and_then(|l| l.strip_prefix(pattern.as_str()))
             .map(|rest| format!("{to}{rest}"));
         if let Some(l) = rewritten {
-            let _ = resp.insert_header(http::header::LOCATION, l);
+            let _ = resp.insert_header("Location", l);
         }
     }
     let _ = resp.insert_header(http::header::SERVER, "why502");

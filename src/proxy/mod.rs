@@ -176,6 +176,12 @@ impl ProxyHttp for Why502 {
         ReqCtx::default()
     }
 
+    /// No downstream modules: Pingora's default registers a disabled
+    /// response-compression module, which still builds a per-request
+    /// context and runs on every header and body chunk. why502 does not
+    /// compress (nginx's `gzip` is reported and ignored).
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<bool> {
         self.init_ctx(session, ctx);
         match self.handle(session, ctx).await {
@@ -935,7 +941,7 @@ impl Why502 {
         let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
         let reason = report::reason_phrase(code);
         let body = format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n");
-        let _ = h.insert_header(http::header::LOCATION, location);
+        let _ = h.insert_header("Location", location);
         let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         ctx.summary.status = code;
@@ -950,7 +956,7 @@ impl Why502 {
         let ok = route::status_gets_headers(status);
         if ok {
             if let Some((exp, cc)) = ctx.expires.and_then(route::expires_headers) {
-                let _ = h.insert_header(http::header::EXPIRES, exp);
+                let _ = h.insert_header("Expires", exp);
                 let _ = h.insert_header(http::header::CACHE_CONTROL, cc);
             }
         }

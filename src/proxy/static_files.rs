@@ -91,7 +91,7 @@ pub async fn serve(
     };
     if meta.is_dir() {
         let mut h = ResponseHeader::build(301, Some(4)).map_err(|_| Abort)?;
-        let _ = h.insert_header(http::header::LOCATION, opts.dir_location.as_str());
+        let _ = h.insert_header("Location", opts.dir_location.as_str());
         let body = "<html>\r\n<head><title>301 Moved Permanently</title></head>\r\n<body>\r\n<center><h1>301 Moved Permanently</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n";
         let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
@@ -151,7 +151,7 @@ pub async fn serve(
         let mut h = ResponseHeader::build(416, Some(4)).map_err(|_| Abort)?;
         let body = "<html>\r\n<head><title>416 Requested Range Not Satisfiable</title></head>\r\n<body>\r\n<center><h1>416 Requested Range Not Satisfiable</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n";
         let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
-        let _ = h.insert_header(http::header::CONTENT_RANGE, format!("bytes */{len}"));
+        let _ = h.insert_header("Content-Range", format!("bytes */{len}"));
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         ctx.summary.status = 416;
         p.decorate_response(ctx, &mut h);
@@ -166,13 +166,13 @@ pub async fn serve(
     }
     if matches!(status, 200 | 206 | 304) {
         if let Some(lm) = &last_modified {
-            let _ = h.insert_header(http::header::LAST_MODIFIED, lm.as_str());
+            let _ = h.insert_header("Last-Modified", lm.as_str());
         }
     }
-    let _ = h.insert_header(http::header::ETAG, etag.as_str());
+    let _ = h.insert_header("ETag", etag.as_str());
     if status == 206 {
         let _ = h.insert_header(
-            http::header::CONTENT_RANGE,
+            "Content-Range",
             format!("bytes {start}-{}/{len}", start + count - 1),
         );
     }
