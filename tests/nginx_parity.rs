@@ -393,29 +393,21 @@ fn nginx_and_why502_agree() {
         }
         let [n, w, y] = rs.map(|r| view(&r, &ports));
         // No allowances: the converted YAML is the same configuration.
-        let keys: std::collections::BTreeSet<&String> = w.keys().chain(y.keys()).collect();
-        for k in keys {
-            let (a, b) = (w.get(k), y.get(k));
-            if a != b {
-                failures.push(format!(
-                    "{}: {k}\n    why502 --nginx-conf: {:?}\n    why502 --config:     {:?}",
-                    c.name, a, b
-                ));
-            }
-        }
+        failures.extend(diff_views(
+            c.name,
+            ("why502 --nginx-conf: ", &w),
+            ("why502 --config:     ", &y),
+            &[],
+        ));
         if std::env::var_os("PARITY_VERBOSE").is_some() {
             eprintln!("== {}: {n:#?}", c.name);
         }
-        let keys: std::collections::BTreeSet<&String> = n.keys().chain(w.keys()).collect();
-        for k in keys {
-            let (a, b) = (n.get(k), w.get(k));
-            if a != b && !c.allow.contains(&k.as_str()) {
-                failures.push(format!(
-                    "{}: {k}\n    nginx:  {:?}\n    why502: {:?}",
-                    c.name, a, b
-                ));
-            }
-        }
+        failures.extend(diff_views(
+            c.name,
+            ("nginx:  ", &n),
+            ("why502: ", &w),
+            c.allow,
+        ));
         // Each case must really exercise something: nginx must not have failed on the setup.
         assert!(n.contains_key("status"), "{}", c.name);
     }

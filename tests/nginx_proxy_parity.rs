@@ -551,16 +551,12 @@ fn nginx_and_why502_proxy_alike() {
         if std::env::var_os("PARITY_VERBOSE").is_some() {
             eprintln!("== {}: nginx {n:#?}\nwhy502 {w:#?}", c.name);
         }
-        let keys: std::collections::BTreeSet<&String> = n.keys().chain(w.keys()).collect();
-        for k in keys {
-            let (a, b) = (n.get(k), w.get(k));
-            if a != b && !c.allow.contains(&k.as_str()) {
-                failures.push(format!(
-                    "{}: {k}\n    nginx:  {:?}\n    why502: {:?}",
-                    c.name, a, b
-                ));
-            }
-        }
+        failures.extend(diff_views(
+            c.name,
+            ("nginx:  ", &n),
+            ("why502: ", &w),
+            &c.allow,
+        ));
     }
 
     // Each kind of case really exercised what it is named after (on nginx).

@@ -227,3 +227,22 @@ pub fn start_why502(dir: &Path, name: &str, args: &[&std::ffi::OsStr]) -> (Proc,
     );
     (p, log)
 }
+
+/// The differences between two comparable views of one case, one message
+/// per key whose values differ (keys in `allow` are allowed to differ).
+/// `a` and `b` are (label, view); labels are printed as given.
+pub fn diff_views(
+    case: &str,
+    a: (&str, &std::collections::BTreeMap<String, String>),
+    b: (&str, &std::collections::BTreeMap<String, String>),
+    allow: &[&str],
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.1.keys().chain(b.1.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !allow.contains(&k.as_str()))
+        .filter_map(|k| {
+            let (x, y) = (a.1.get(k), b.1.get(k));
+            (x != y).then(|| format!("{case}: {k}\n    {}{x:?}\n    {}{y:?}", a.0, b.0))
+        })
+        .collect()
+}
