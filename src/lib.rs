@@ -12,7 +12,8 @@
 //! - [`report`]: cause header, Proxy-Status, error page, logs;
 //!   [`accesslog`]: `log_format` / `access_log` as nginx writes them;
 //!   [`stderr`]: diagnosis from PHP's stderr.
-//! - [`cli`], [`server`]: the command line and the Pingora server;
+//! - [`cli`], [`server`]: the command line and the Pingora server; [`h1`]:
+//!   why502's own HTTP/1.1 server for the plain listeners;
 //!   [`demo`] the failure gallery; [`fpm`] and [`fake_fcgi`] start a real
 //!   PHP-FPM and a misbehaving FastCGI responder (demo and tests).
 
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod fake_fcgi;
 pub mod fastcgi;
 pub mod fpm;
+pub mod h1;
 pub mod nginx;
 pub mod proxy;
 pub mod report;

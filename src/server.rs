@@ -85,19 +85,45 @@ pub fn run(config: Config) -> Result<(), String> {
         std::net::TcpListener::bind(l.addr)
             .map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
     }
-    let rt = Runtime::new(config).map_err(|e| format!("cannot open log: {e}"))?;
-    let mut svc =
-        pingora_proxy::http_proxy_service(&server.configuration, Why502 { rt: Arc::new(rt) });
-    for l in listens.iter() {
-        let addr = l.addr.to_string();
+    // Plain HTTP/1 listeners that only route to FastCGI, static files and
+    // `return`s are served by why502's own HTTP/1 server; Pingora serves
+    // TLS, HTTP/2 and the ports with HTTP backends.
+    let (own, pingora): (Vec<_>, Vec<_>) = listens
+        .iter()
+        .partition(|l| crate::proxy::own::serves(&config, l));
+    let ipv6_only = |l: &crate::config::Listen| {
         // `[::]:80` next to an IPv4 listen on port 80: IPv6 only (nginx's
         // ipv6only=on), so both can be bound.
-        let mut sock = TcpSocketOptions::default();
-        if l.addr.is_ipv6()
+        l.addr.is_ipv6()
             && listens
                 .iter()
                 .any(|o| o.addr.is_ipv4() && o.addr.port() == l.addr.port())
-        {
+    };
+    let own_sockets = own
+        .iter()
+        .map(|l| {
+            crate::h1::bind(l.addr, ipv6_only(l))
+                .map_err(|e| format!("cannot listen on {}: {e}", l.addr))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rt = Runtime::new(config).map_err(|e| format!("cannot open log: {e}"))?;
+    let app = Arc::new(Why502 { rt: Arc::new(rt) });
+    if !own_sockets.is_empty() {
+        server.add_service(crate::proxy::own::OwnService {
+            app: app.clone(),
+            sockets: own_sockets,
+            threads,
+        });
+    }
+    if pingora.is_empty() {
+        server.run_forever()
+    }
+    let mut svc =
+        pingora_proxy::http_proxy_service(&server.configuration, Why502 { rt: app.rt.clone() });
+    for l in pingora.iter() {
+        let addr = l.addr.to_string();
+        let mut sock = TcpSocketOptions::default();
+        if ipv6_only(l) {
             sock.ipv6_only = Some(true);
         }
         match &l.tls {

@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pingora_proxy::Session;
-
 use crate::accesslog::{self, Builtin, LogFile, LogFormat, LogValues, LogVar};
 use crate::config::template::Vars;
 use crate::config::{AccessLog, Config, FastCgi, Location, Server, Var};
 use crate::report::{ErrorLog, Sinks};
 
+use super::downstream::Downstream;
 use super::route::RouteState;
 use super::{ReqCtx, ReqVars, Runtime};
 
@@ -237,7 +236,7 @@ thread_local! {
 
 /// The logging phase: writes the request's line to every access log in
 /// effect where it finished.
-pub fn log_request(rt: &Runtime, session: &Session, ctx: &ReqCtx) {
+pub fn log_request<S: Downstream>(rt: &Runtime, session: &S, ctx: &ReqCtx) {
     let logs = &rt.access;
     let loc = (ctx.log.loc != 0)
         .then(|| logs.locs.get(&ctx.log.loc))
@@ -298,15 +297,15 @@ pub fn log_request(rt: &Runtime, session: &Session, ctx: &ReqCtx) {
     });
 }
 
-struct Values<'a> {
+struct Values<'a, S: Downstream> {
     vars: ReqVars<'a>,
-    session: &'a Session,
+    session: &'a S,
     ctx: &'a ReqCtx,
     /// The request header as received (HTTP/1), made on first use.
     raw: std::cell::OnceCell<bytes::Bytes>,
 }
 
-impl Values<'_> {
+impl<S: Downstream> Values<'_, S> {
     fn status(&self) -> u16 {
         let s = &self.ctx.summary;
         if self.ctx.aborted {
@@ -337,13 +336,7 @@ impl Values<'_> {
 
     /// The raw HTTP/1 request header (empty for HTTP/2).
     fn raw(&self) -> &[u8] {
-        self.raw.get_or_init(|| {
-            if self.session.is_http2() {
-                bytes::Bytes::new()
-            } else {
-                self.session.as_downstream().to_h1_raw()
-            }
-        })
+        self.raw.get_or_init(|| self.session.raw_request_header())
     }
 
     /// The request line as received.
@@ -394,7 +387,7 @@ fn owned(s: String) -> Option<Cow<'static, [u8]>> {
     Some(Cow::Owned(s.into_bytes()))
 }
 
-impl LogValues for Values<'_> {
+impl<S: Downstream> LogValues for Values<'_, S> {
     fn builtin(&self, b: Builtin, out: &mut Vec<u8>) {
         use std::io::Write as _;
         match b {
@@ -484,7 +477,7 @@ impl LogValues for Values<'_> {
     }
 }
 
-impl Values<'_> {
+impl<S: Downstream> Values<'_, S> {
     /// A variable the rest of why502 knows, with nginx's "not found" where
     /// nginx has one (logged as `-`): absent headers, cookies and
     /// arguments, no query string, `$remote_user`, unset `set` variables.

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::Session;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cause::{Cause, Phase};
@@ -21,6 +20,7 @@ use crate::report::{self, Failure};
 use crate::stderr::{self, StderrDiagnosis};
 use crate::upstream::{self, Conn, Pick};
 
+use super::downstream::Downstream;
 use super::{Abort, ReqCtx, Why502};
 
 /// nginx always uses request id 1.
@@ -116,13 +116,14 @@ enum Attempt {
 }
 
 /// Serves a request through FastCGI.
-pub async fn serve(
+pub async fn serve<S: Downstream>(
     p: &Why502,
-    session: &mut Session,
+    session: &mut S,
     ctx: &mut ReqCtx,
     server: &Server,
     fc: &FastCgi,
     params: BytesMut,
+    buffered: Option<Vec<Bytes>>,
 ) -> Result<(), Abort> {
     let Some(up) = p.rt.upstream_state(&fc.upstream).cloned() else {
         let f = Failure::new(
@@ -132,7 +133,7 @@ pub async fn serve(
         );
         return p.respond_failure(session, ctx, f).await;
     };
-    let has_body = !session.is_body_done();
+    let has_body = buffered.is_some() || !session.is_body_done();
     let mut prelude = BytesMut::with_capacity(params.len() + 64);
     record::encode_begin_request(&mut prelude, REQUEST_ID, record::RESPONDER, fc.keep_conn);
     record::encode_params(&mut prelude, REQUEST_ID, &params);
@@ -205,6 +206,7 @@ pub async fn serve(
             declared_len: None,
             body_sent: 0,
             head_only: session.req_header().method == http::Method::HEAD,
+            buffered: buffered.as_deref(),
             pending: Vec::new(),
             head: None,
             needs_framing: false,
@@ -273,6 +275,9 @@ struct Exchange<'a> {
     declared_len: Option<u64>,
     body_sent: u64,
     head_only: bool,
+    /// A chunked request body, read whole before the request (see
+    /// [`read_whole_body`]); sent from here instead of the client.
+    buffered: Option<&'a [Bytes]>,
     /// Body data decoded from one read, written to the client as one piece.
     pending: Vec<Bytes>,
     /// The response header, decided but not yet written: it goes out with
@@ -350,9 +355,9 @@ fn cgi_failure(e: &CgiError) -> Failure {
 }
 
 impl Exchange<'_> {
-    async fn run(
+    async fn run<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         prelude: &Bytes,
         has_body: bool,
@@ -360,9 +365,9 @@ impl Exchange<'_> {
         self.exchange(session, ctx, prelude, has_body).await
     }
 
-    async fn exchange(
+    async fn exchange<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         prelude: &Bytes,
         has_body: bool,
@@ -470,12 +475,56 @@ impl Exchange<'_> {
         }
     }
 
+    /// Sends `chunk` as STDIN records.
+    async fn send_stdin(
+        &mut self,
+        ctx: &mut ReqCtx,
+        chunk: &[u8],
+        out: &mut BytesMut,
+    ) -> Option<Attempt> {
+        for piece in chunk.chunks(record::MAX_STDIN_CHUNK) {
+            out.clear();
+            record::encode_stdin(out, REQUEST_ID, piece);
+            match tokio::time::timeout(self.fc.send_timeout, self.conn.write_all(out)).await {
+                Err(_) => {
+                    return Some(self.fail(
+                        ctx,
+                        upstream::timeout_failure(
+                            Cause::SendTimeout,
+                            "while sending the request body",
+                        ),
+                        false,
+                    ))
+                }
+                Ok(Err(e)) => return Some(self.fail(ctx, send_failure(&e), false)),
+                Ok(Ok(())) => {}
+            }
+        }
+        None
+    }
+
     /// Streams the request body as STDIN records.
-    async fn send_body(&mut self, session: &mut Session, ctx: &mut ReqCtx) -> Option<Attempt> {
+    async fn send_body<S: Downstream>(
+        &mut self,
+        session: &mut S,
+        ctx: &mut ReqCtx,
+    ) -> Option<Attempt> {
         let limit = self.server.client_max_body_size;
         let mut total: u64 = 0;
         let mut out = BytesMut::with_capacity(record::MAX_STDIN_CHUNK + 16);
+        let mut next_buffered = 0;
         loop {
+            if let Some(b) = self.buffered {
+                let Some(chunk) = b.get(next_buffered) else {
+                    break;
+                };
+                next_buffered += 1;
+                self.body_consumed = true;
+                if let Some(a) = self.send_stdin(ctx, chunk, &mut out).await {
+                    return Some(a);
+                }
+                continue;
+            }
             let chunk = match tokio::time::timeout(
                 self.server.client_body_timeout,
                 session.read_request_body(),
@@ -512,23 +561,8 @@ impl Exchange<'_> {
                 );
                 return Some(self.fail(ctx, f, false));
             }
-            for piece in chunk.chunks(record::MAX_STDIN_CHUNK) {
-                out.clear();
-                record::encode_stdin(&mut out, REQUEST_ID, piece);
-                match tokio::time::timeout(self.fc.send_timeout, self.conn.write_all(&out)).await {
-                    Err(_) => {
-                        return Some(self.fail(
-                            ctx,
-                            upstream::timeout_failure(
-                                Cause::SendTimeout,
-                                "while sending the request body",
-                            ),
-                            false,
-                        ))
-                    }
-                    Ok(Err(e)) => return Some(self.fail(ctx, send_failure(&e), false)),
-                    Ok(Ok(())) => {}
-                }
+            if let Some(a) = self.send_stdin(ctx, &chunk, &mut out).await {
+                return Some(a);
             }
         }
         out.clear();
@@ -544,9 +578,9 @@ impl Exchange<'_> {
         }
     }
 
-    async fn on_frame(
+    async fn on_frame<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         frame: Frame,
         dec: &mut ResponseDecoder,
@@ -621,9 +655,9 @@ impl Exchange<'_> {
         }
     }
 
-    async fn head_and_rest(
+    async fn head_and_rest<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         head: CgiHead,
         rest: Bytes,
@@ -640,9 +674,9 @@ impl Exchange<'_> {
     /// Writes the header if it is still pending, then the body data queued
     /// from one read as one piece. `complete`: the upstream's END_REQUEST
     /// came in the same read, so this is the whole body.
-    async fn write_pending(
+    async fn write_pending<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         complete: bool,
     ) -> Option<Attempt> {
@@ -712,9 +746,9 @@ impl Exchange<'_> {
         ctx.summary.stderr_excerpt = self.stderr.clone();
     }
 
-    async fn send_head(
+    async fn send_head<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         head: CgiHead,
     ) -> Option<Attempt> {
@@ -797,10 +831,8 @@ impl Exchange<'_> {
             );
         }
         let bodyless = matches!(head.status, 100..=199 | 204 | 304);
-        self.needs_framing = self.declared_len.is_none()
-            && !self.head_only
-            && !bodyless
-            && !session.as_downstream().is_http2();
+        self.needs_framing =
+            self.declared_len.is_none() && !self.head_only && !bodyless && !session.is_http2();
         let _ = h.insert_header(http::header::SERVER, "why502");
         self.p.decorate_response(ctx, &mut h);
         ctx.summary.status = status;
@@ -814,9 +846,9 @@ impl Exchange<'_> {
     /// hand (`complete`), Content-Length, so header and body leave in one
     /// write (Pingora flushes a chunked header and every chunk on its own);
     /// otherwise chunked for HTTP/1.1, or close-delimited for HTTP/1.0.
-    async fn flush_head(
+    async fn flush_head<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         complete: bool,
     ) -> Option<Attempt> {
@@ -837,9 +869,9 @@ impl Exchange<'_> {
         None
     }
 
-    async fn write_body(
+    async fn write_body<S: Downstream>(
         &mut self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         mut data: Bytes,
     ) -> Option<Attempt> {
@@ -934,7 +966,7 @@ impl Exchange<'_> {
         )
     }
 
-    async fn finish(&mut self, session: &mut Session, ctx: &mut ReqCtx) -> Attempt {
+    async fn finish<S: Downstream>(&mut self, session: &mut S, ctx: &mut ReqCtx) -> Attempt {
         if let Some(cl) = self.declared_len {
             if self.body_sent < cl && !self.head_only {
                 let f = Failure::new(
@@ -994,5 +1026,52 @@ impl Exchange<'_> {
         ctx.failure = Some(f);
         ctx.logged = true;
         Attempt::Aborted
+    }
+}
+
+/// The most of a chunked request body [`read_whole_body`] keeps in memory
+/// when `client_max_body_size` is 0 (unlimited).
+pub const CHUNKED_BODY_MAX: u64 = 64 << 20;
+
+/// Reads a chunked request body whole, as nginx does before passing it to
+/// FastCGI: PHP needs `CONTENT_LENGTH` to read a body at all. Bounded by
+/// `client_max_body_size` (or [`CHUNKED_BODY_MAX`] when that is 0).
+pub async fn read_whole_body<S: Downstream>(
+    session: &mut S,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<(Vec<Bytes>, u64), Failure> {
+    let cap = if limit == 0 { CHUNKED_BODY_MAX } else { limit };
+    let mut parts = Vec::new();
+    let mut total: u64 = 0;
+    loop {
+        match tokio::time::timeout(timeout, session.read_request_body()).await {
+            Err(_) => {
+                return Err(Failure::new(
+                    Cause::ClientBodyTimeout,
+                    "client timed out (110: Connection timed out)",
+                    "reading the request body",
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(Failure::new(
+                    Cause::ClientClosed,
+                    "client prematurely closed connection",
+                    e.to_string(),
+                ))
+            }
+            Ok(Ok(None)) => return Ok((parts, total)),
+            Ok(Ok(Some(b))) => {
+                total += b.len() as u64;
+                if total > cap {
+                    return Err(Failure::new(
+                        Cause::ClientBodyTooLarge,
+                        format!("client intended to send too large chunked body: {total} bytes"),
+                        format!("request body > client_max_body_size {cap}"),
+                    ));
+                }
+                parts.push(b);
+            }
+        }
     }
 }

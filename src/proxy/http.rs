@@ -58,6 +58,7 @@ use crate::config::{Addr, HttpProxy, Location, Match, Var};
 use crate::report::{self, Failure};
 use crate::upstream::{self, HttpWire, Pick, UpstreamState};
 
+use super::downstream::Downstream;
 use super::{ReqCtx, Why502};
 
 /// Raw response bytes kept per request to check the header section.
@@ -265,9 +266,9 @@ fn default_redirect(hp: &HttpProxy, loc: &Location) -> Option<(String, String)> 
 /// with `proxy`, which stores the state in `ctx.http`; `request_filter` then
 /// answers `Ok(false)` and Pingora proxies the request.
 #[allow(clippy::too_many_arguments)]
-pub fn prepare(
+pub fn prepare<S: Downstream>(
     p: &Why502,
-    session: &Session,
+    session: &S,
     hp: &Arc<HttpProxy>,
     loc: &Location,
     vars: &dyn Vars,
@@ -285,7 +286,6 @@ pub fn prepare(
     let (proxy_host, proxy_port) = proxy_host_port(hp);
     let client = session
         .client_addr()
-        .and_then(|a| a.as_inet())
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
     let xff = match req
@@ -318,11 +318,8 @@ pub fn prepare(
             .and_then(|v| v.to_str().ok())
             .map(|h| host_only(h).trim_end_matches('.').to_ascii_lowercase())
             .map(|h| if h.contains(':') { format!("[{h}]") } else { h });
-        let https = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
-        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let https = session.is_tls();
+        let local = session.server_addr();
         (
             pattern,
             super::route::absolute_location(&to, https, host.as_deref(), local),

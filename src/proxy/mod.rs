@@ -10,9 +10,11 @@
 //! tell the body is truncated.
 
 pub mod access;
+pub mod downstream;
 pub mod fastcgi;
 #[path = "http.rs"]
 pub mod http_proxy;
+pub mod own;
 pub mod route;
 pub mod static_files;
 pub mod vars;
@@ -36,6 +38,8 @@ use crate::cause::Cause;
 use crate::config::{Config, FastCgi, Location, Server, Upstream};
 use crate::report::{self, ErrorLog, Failure, RequestSummary};
 use crate::upstream::UpstreamState;
+
+use downstream::Downstream;
 
 use route::{find_location, find_named, select_server_index, RouteState, ScriptEnd, TryResult};
 pub use vars::ReqVars;
@@ -158,6 +162,8 @@ pub struct ReqCtx {
     pub error_status: Option<u16>,
     /// What the access log needs to know about routing.
     pub log: access::LogState,
+    /// The length of a chunked request body read whole (`$content_length`).
+    pub body_len: Option<u64>,
 }
 
 /// Returned by handlers when the response must be aborted (header already sent).
@@ -341,16 +347,13 @@ fn new_request_id(n: u64) -> String {
 }
 
 impl Why502 {
-    fn init_ctx(&self, session: &Session, ctx: &mut ReqCtx) {
+    pub fn init_ctx<S: Downstream>(&self, session: &S, ctx: &mut ReqCtx) {
         let n = self.rt.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let req = session.req_header();
         let s = &mut ctx.summary;
         s.conn = n;
         s.request_id = new_request_id(n);
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let client = session.client_addr().map(|a| a.ip());
         s.client = client;
         s.client_addr = client.map(vars::ip_text).unwrap_or_else(|| "unix:".into());
         s.method = req.method.as_str().to_string();
@@ -375,22 +378,26 @@ impl Why502 {
         self.rt.access.start_request(ctx);
     }
 
-    async fn handle(&self, session: &mut Session, ctx: &mut ReqCtx) -> Result<(), Abort> {
+    pub async fn handle<S: Downstream>(
+        &self,
+        session: &mut S,
+        ctx: &mut ReqCtx,
+    ) -> Result<(), Abort> {
         let mut st = RouteState::default();
         let r = self.route(session, ctx, &mut st).await;
         self.rt.access.leave_routing(ctx, st);
         r
     }
 
-    async fn route(
+    async fn route<S: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         st: &mut RouteState,
     ) -> Result<(), Abort> {
         let rt = &self.rt;
         // nginx: the servers of the listen address the connection came to, then Host.
-        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        let local = session.server_addr();
         let all: Vec<usize>;
         let cands: &[usize] = match rt.listens.candidates(local) {
             Some(v) => v,
@@ -622,6 +629,30 @@ impl Why502 {
                     };
                 }
                 if let Some(fc) = &loc.fastcgi {
+                    // A chunked body is read whole first, like nginx: PHP
+                    // needs CONTENT_LENGTH.
+                    let buffered = if !session.is_body_done()
+                        && session
+                            .req_header()
+                            .headers
+                            .contains_key(http::header::TRANSFER_ENCODING)
+                    {
+                        let limit = loc
+                            .client_max_body_size
+                            .unwrap_or(server.client_max_body_size);
+                        match fastcgi::read_whole_body(session, limit, server.client_body_timeout)
+                            .await
+                        {
+                            Ok((parts, len)) => {
+                                ctx.body_len = Some(len);
+                                ctx.summary.bytes_sent = len;
+                                Some(parts)
+                            }
+                            Err(f) => return self.respond_failure(session, ctx, f).await,
+                        }
+                    } else {
+                        None
+                    };
                     let vars = ReqVars::new(
                         rt,
                         session,
@@ -635,7 +666,7 @@ impl Why502 {
                     );
                     let params = fastcgi::build_params(fc, &vars, session.req_header());
                     drop(vars);
-                    return fastcgi::serve(self, session, ctx, server, fc, params).await;
+                    return fastcgi::serve(self, session, ctx, server, fc, params, buffered).await;
                 }
                 let vars = ReqVars::new(
                     rt,
@@ -764,9 +795,9 @@ impl Why502 {
 
     /// Runs rewrite-module directives (`set`, `rewrite`, `return`) in order.
     #[allow(clippy::too_many_arguments)]
-    fn run_script(
+    fn run_script<S: Downstream>(
         &self,
-        session: &Session,
+        session: &S,
         ctx: &mut ReqCtx,
         server: &Server,
         ops: &[crate::config::ScriptOp],
@@ -807,9 +838,9 @@ impl Why502 {
         ScriptEnd::Done { uri_changed }
     }
     /// Answers with a failure page (status, cause header, Proxy-Status) and logs it.
-    pub async fn respond_failure(
+    pub async fn respond_failure<S: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         f: Failure,
     ) -> Result<(), Abort> {
@@ -840,9 +871,9 @@ impl Why502 {
     }
 
     /// An nginx-style status page without diagnosis (404, 403, 400...).
-    pub async fn respond_status(
+    pub async fn respond_status<S: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         code: u16,
     ) -> Result<(), Abort> {
@@ -866,9 +897,9 @@ impl Why502 {
     /// text as the body (typed like nginx: by the URI's extension, else
     /// `default_type`), else nginx's page for the code.
     #[allow(clippy::too_many_arguments)]
-    async fn respond_return(
+    async fn respond_return<S: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         server: &Server,
         loc: &Location,
@@ -905,9 +936,9 @@ impl Why502 {
 
     /// A redirect with nginx's HTML body; `/path` is made absolute when the
     /// server asks for it (nginx's `absolute_redirect on`).
-    async fn respond_redirect(
+    async fn respond_redirect<S: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut S,
         ctx: &mut ReqCtx,
         server: &Server,
         code: u16,
@@ -929,11 +960,8 @@ impl Why502 {
                     };
                     h.trim_end_matches('.').to_ascii_lowercase()
                 });
-            let https = session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .is_some();
-            let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+            let https = session.is_tls();
+            let local = session.server_addr();
             route::absolute_location(location, https, host.as_deref(), local)
         } else {
             location.to_string()
@@ -966,9 +994,9 @@ impl Why502 {
             }
         }
     }
-    pub async fn write_simple(
+    pub async fn write_simple<S: Downstream>(
         &self,
-        session: &mut Session,
+        session: &mut S,
         mut h: ResponseHeader,
         body: Bytes,
     ) -> Result<(), Abort> {
@@ -991,6 +1019,12 @@ impl Why502 {
             .write_response_body(data, true)
             .await
             .map_err(|_| Abort)
+    }
+
+    /// The request was handed to Pingora's HTTP-proxy machinery (a location
+    /// with `proxy`): [`Why502::handle`] only prepared it, nothing was sent.
+    pub fn is_http_proxied(&self, ctx: &ReqCtx) -> bool {
+        ctx.http.is_some()
     }
 
     pub fn finish_timing(&self, ctx: &mut ReqCtx) {

@@ -8,9 +8,9 @@ use std::time::UNIX_EPOCH;
 
 use bytes::BytesMut;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 use std::io::{Read, Seek};
 
+use super::downstream::Downstream;
 use super::{Abort, ReqCtx, Why502};
 
 const CHUNK: usize = 64 * 1024;
@@ -67,9 +67,9 @@ pub struct StaticOpts {
 
 /// Serves `path`. `Ok(Some(code))`: nothing was sent, the caller finishes
 /// the request with that status (404, 403, 405), so `error_page` applies.
-pub async fn serve(
+pub async fn serve<S: Downstream>(
     p: &Why502,
-    session: &mut Session,
+    session: &mut S,
     ctx: &mut ReqCtx,
     path: &Path,
     opts: &StaticOpts,

@@ -4,11 +4,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-use pingora_proxy::Session;
-
 use crate::config::template::{Var, Vars};
 use crate::config::{FastCgi, Server};
 
+use super::downstream::Downstream;
 use super::{ReqCtx, Runtime};
 
 /// The version reported as `$nginx_version` (SERVER_SOFTWARE=nginx/$nginx_version):
@@ -33,13 +32,15 @@ pub struct ReqVars<'a> {
     pub user: &'a HashMap<String, String>,
     /// `$request_method` (GET while serving an `error_page`, like nginx).
     pub method: &'a str,
+    /// The length of a chunked request body read whole.
+    pub body_len: Option<u64>,
 }
 
 impl<'a> ReqVars<'a> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn new<S: Downstream>(
         rt: &'a Runtime,
-        session: &'a Session,
+        session: &'a S,
         ctx: &'a ReqCtx,
         server: &'a Server,
         uri: &'a str,
@@ -63,10 +64,7 @@ impl<'a> ReqVars<'a> {
                 }
             }
         }
-        let https = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
+        let https = session.is_tls();
         ReqVars {
             req: session.req_header(),
             uri,
@@ -78,8 +76,8 @@ impl<'a> ReqVars<'a> {
             server_name: server.names.first().map(String::as_str).unwrap_or(""),
             hostname: &rt.hostname,
             request_id: &ctx.summary.request_id,
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            local: session.server_addr().and_then(|a| a.as_inet()).copied(),
+            client: session.client_addr(),
+            local: session.server_addr(),
             https,
             user: &ctx.user_vars,
             method: if ctx.as_get && session.req_header().method != http::Method::HEAD {
@@ -87,6 +85,7 @@ impl<'a> ReqVars<'a> {
             } else {
                 session.req_header().method.as_str()
             },
+            body_len: ctx.body_len,
         }
     }
 
@@ -204,7 +203,11 @@ impl Vars for ReqVars<'_> {
             Https => Cow::Borrowed(if self.https { "on" } else { "" }),
             RequestMethod => Cow::Borrowed(self.method),
             ContentType => Cow::Borrowed(self.header("content-type").unwrap_or("")),
-            ContentLength => Cow::Borrowed(self.header("content-length").unwrap_or("")),
+            ContentLength => match (self.header("content-length"), self.body_len) {
+                (Some(v), _) => Cow::Borrowed(v),
+                (None, Some(n)) => Cow::Owned(n.to_string()),
+                (None, None) => Cow::Borrowed(""),
+            },
             RequestId => Cow::Borrowed(self.request_id),
             NginxVersion => Cow::Borrowed(NGINX_VERSION),
             Http(name) => {

@@ -16,6 +16,7 @@ mod body;
 mod client;
 mod connect;
 mod framing;
+mod h1;
 mod h2;
 mod header;
 mod send;

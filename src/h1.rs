@@ -1,0 +1,1110 @@
+//! why502's own HTTP/1.1 server, for the plain (non-TLS, non-h2c) listeners
+//! whose servers route only to FastCGI, static files and `return`s.
+//!
+//! Pingora serves everything else (TLS, HTTP/2, HTTP backends). This server
+//! exists for speed: nginx's model, one single-threaded runtime per worker
+//! thread, each accepting from the shared listening sockets and keeping the
+//! connections it accepted, so a request never crosses threads; one read
+//! and one parse per request header into a reused buffer; a complete
+//! response goes out in one write. (`docs/benchmarks.md` has the numbers.)
+//!
+//! What it does like nginx: keep-alive (HTTP/1.1 unless `Connection: close`,
+//! HTTP/1.0 with `Connection: keep-alive`), pipelining, `Expect:
+//! 100-continue`, chunked request bodies, `Date` and `Connection` response
+//! headers, 400 for a malformed request, HTTP/1.1 without `Host`, a
+//! duplicate `Host`, an invalid `Content-Length` or both `Content-Length`
+//! and `Transfer-Encoding`; 414 for a request line over 8 KiB, 400
+//! "Request Header Or Cookie Too Large" for a header line over 8 KiB or a
+//! header over 32 KiB, 501 for a
+//! transfer coding other than chunked; `client_header_timeout` 60 s and
+//! `keepalive_timeout` 75 s (nginx's defaults); `send_timeout` 60 s.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::proxy::downstream::Downstream;
+
+/// nginx `client_header_timeout`.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx `keepalive_timeout`.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// nginx `send_timeout`.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest request line (nginx: `large_client_header_buffers 4 8k`).
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// The largest request header.
+const MAX_HEAD: usize = 32 * 1024;
+const MAX_HEADERS: usize = 128;
+/// How much of a request body is read from the socket at a time.
+const READ_SIZE: usize = 16 * 1024;
+/// The buffer a request header is read into at first.
+const HEAD_READ_SIZE: usize = 2048;
+/// Smaller writes are copied into one buffer and sent with one `send()`.
+const COALESCE: usize = 16 * 1024;
+
+/// Set when the server is shutting down: connections close after their
+/// current request, idle ones within a second.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// What the server calls for each request.
+pub trait App: Send + Sync + 'static {
+    /// State carried from one request to the next on a connection.
+    type Conn: Default + Send;
+    /// Serves one request; `false` closes the connection (the response was
+    /// aborted or is incomplete).
+    fn serve<'a>(
+        &'a self,
+        s: &'a mut H1Session,
+        conn: &'a mut Self::Conn,
+    ) -> impl Future<Output = bool> + Send + 'a;
+}
+
+enum BodyIn {
+    /// Content-Length: bytes still to read.
+    Length(u64),
+    /// Chunked: the state of the decoder.
+    Chunked(Chunk),
+    Done,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// In a chunk's data: bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading trailer lines up to the empty one.
+    Trailer,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum BodyOut {
+    /// No response header yet.
+    NotStarted,
+    /// No body may follow (HEAD, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (no length, not chunked).
+    Close,
+    /// The response is complete.
+    Finished,
+}
+
+/// One request on a client connection.
+pub struct H1Session {
+    stream: TcpStream,
+    client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    /// Bytes read and not yet consumed (the body's start, pipelined requests).
+    buf: BytesMut,
+    raw: Bytes,
+    req: RequestHeader,
+    body_in: BodyIn,
+    body_read: usize,
+    expect_continue: bool,
+    keepalive: bool,
+    resp: Option<Box<ResponseHeader>>,
+    body_out: BodyOut,
+    /// Output not yet written (a response header waiting for its body).
+    out: Vec<u8>,
+    body_sent: usize,
+}
+
+fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
+    Error::explain(t, msg)
+}
+
+impl H1Session {
+    fn write_timeout() -> Duration {
+        SEND_TIMEOUT
+    }
+
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let fut = write_all_parts(&mut self.stream, parts);
+        match tokio::time::timeout(Self::write_timeout(), fut).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::because(
+                ErrorType::WriteError,
+                "writing to client",
+                e,
+            )),
+            Err(_) => Err(err(ErrorType::WriteTimedout, "client timed out")),
+        }
+    }
+
+    /// Writes `self.out` and then `data` (one `send()` when they are small).
+    async fn flush_with(&mut self, data: &[u8], trailer: &[u8]) -> Result<()> {
+        let mut out = std::mem::take(&mut self.out);
+        let r = if out.len() + data.len() + trailer.len() <= COALESCE {
+            out.extend_from_slice(data);
+            out.extend_from_slice(trailer);
+            self.write_parts(&[&out]).await
+        } else {
+            self.write_parts(&[&out, data, trailer]).await
+        };
+        out.clear();
+        self.out = out;
+        r
+    }
+
+    /// Reads more of a request header into `buf`; 0 at EOF. A header
+    /// takes a small buffer (nginx: `client_header_buffer_size 1k`), grown
+    /// as needed.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 512 {
+            self.buf.reserve(HEAD_READ_SIZE.max(self.buf.len()));
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Reads more of a request body into `buf`; 0 at EOF.
+    async fn fill_body(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(READ_SIZE);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    async fn send_continue(&mut self) -> Result<()> {
+        if self.expect_continue {
+            self.expect_continue = false;
+            self.write_parts(&[b"HTTP/1.1 100 Continue\r\n\r\n"])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        match self.body_in {
+            BodyIn::Done => Ok(None),
+            BodyIn::Length(0) => {
+                self.body_in = BodyIn::Done;
+                Ok(None)
+            }
+            BodyIn::Length(left) => {
+                if self.buf.is_empty() {
+                    self.send_continue().await?;
+                    let n = self
+                        .fill_body()
+                        .await
+                        .map_err(|e| Error::because(ErrorType::ReadError, "reading body", e))?;
+                    if n == 0 {
+                        return Err(err(
+                            ErrorType::ConnectionClosed,
+                            "client closed the connection in the body",
+                        ));
+                    }
+                }
+                let n = (self.buf.len() as u64).min(left) as usize;
+                let b = self.buf.split_to(n).freeze();
+                self.body_in = BodyIn::Length(left - n as u64);
+                self.body_read += n;
+                Ok(Some(b))
+            }
+            BodyIn::Chunked(_) => self.read_chunked().await,
+        }
+    }
+
+    /// One step of the chunked decoder: returns data, or None after a state
+    /// change or a read (the caller loops).
+    fn chunk_step_sync(&mut self, st: Chunk) -> Result<Option<Option<Bytes>>> {
+        match st {
+            Chunk::Size => {
+                let Some(end) = find_crlf(&self.buf) else {
+                    if self.buf.len() > 4096 {
+                        return Err(err(
+                            ErrorType::InvalidHTTPHeader,
+                            "chunk size line too long",
+                        ));
+                    }
+                    return Ok(None);
+                };
+                let line = &self.buf[..end];
+                let hex = line
+                    .iter()
+                    .position(|&c| c == b';' || c == b' ' || c == b'\t')
+                    .map_or(line, |p| &line[..p]);
+                let size = parse_hex(hex)
+                    .ok_or_else(|| err(ErrorType::InvalidHTTPHeader, "invalid chunk size"))?;
+                self.buf.advance(end + 2);
+                self.body_in = BodyIn::Chunked(if size == 0 {
+                    Chunk::Trailer
+                } else {
+                    Chunk::Data(size)
+                });
+                Ok(Some(None))
+            }
+            Chunk::Data(left) => {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (self.buf.len() as u64).min(left) as usize;
+                let b = self.buf.split_to(n).freeze();
+                self.body_read += n;
+                self.body_in = BodyIn::Chunked(if n as u64 == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n as u64)
+                });
+                Ok(Some(Some(b)))
+            }
+            Chunk::DataEnd => {
+                if self.buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &self.buf[..2] != b"\r\n" {
+                    return Err(err(ErrorType::InvalidHTTPHeader, "invalid chunk end"));
+                }
+                self.buf.advance(2);
+                self.body_in = BodyIn::Chunked(Chunk::Size);
+                Ok(Some(None))
+            }
+            Chunk::Trailer => {
+                let Some(end) = find_crlf(&self.buf) else {
+                    if self.buf.len() > 4096 {
+                        return Err(err(ErrorType::InvalidHTTPHeader, "trailer too long"));
+                    }
+                    return Ok(None);
+                };
+                self.buf.advance(end + 2);
+                if end == 0 {
+                    self.body_in = BodyIn::Done;
+                }
+                Ok(Some(None))
+            }
+        }
+    }
+
+    async fn read_chunked(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            let st = match self.body_in {
+                BodyIn::Chunked(st) => st,
+                _ => return Ok(None),
+            };
+            match self.chunk_step_sync(st)? {
+                Some(Some(b)) => return Ok(Some(b)),
+                Some(None) => continue,
+                None => {
+                    self.send_continue().await?;
+                    let n = self
+                        .fill_body()
+                        .await
+                        .map_err(|e| Error::because(ErrorType::ReadError, "reading body", e))?;
+                    if n == 0 {
+                        return Err(err(
+                            ErrorType::ConnectionClosed,
+                            "client closed the connection in the body",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_header(&mut self, mut h: Box<ResponseHeader>, end: bool) -> Result<()> {
+        if self.body_out != BodyOut::NotStarted {
+            return Ok(());
+        }
+        let status = h.status.as_u16();
+        let head = self.req.method == http::Method::HEAD;
+        let mode = if head || status == 204 || status == 304 || (100..200).contains(&status) {
+            BodyOut::None
+        } else if h
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+        {
+            BodyOut::Chunked
+        } else if let Some(n) = h
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            BodyOut::Length(n)
+        } else {
+            BodyOut::Close
+        };
+        if mode == BodyOut::Close {
+            self.keepalive = false;
+        }
+        let _ = h.insert_header(
+            http::header::DATE,
+            pingora_core::protocols::http::date::get_cached_date(),
+        );
+        let _ = h.insert_header(
+            http::header::CONNECTION,
+            if self.keepalive {
+                "keep-alive"
+            } else {
+                "close"
+            },
+        );
+        let out = &mut self.out;
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(h.status.as_str().as_bytes());
+        out.push(b' ');
+        if let Some(r) = h.get_reason_phrase() {
+            out.extend_from_slice(r.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        h.header_to_h1_wire(out);
+        out.extend_from_slice(b"\r\n");
+        self.body_out = mode;
+        self.resp = Some(h);
+        match mode {
+            BodyOut::None => {
+                self.body_out = BodyOut::Finished;
+                self.flush_with(&[], &[]).await
+            }
+            BodyOut::Length(0) => {
+                self.body_out = BodyOut::Finished;
+                self.flush_with(&[], &[]).await
+            }
+            // The body follows: it goes out with the header.
+            BodyOut::Length(_) if !end => Ok(()),
+            _ => {
+                if end {
+                    self.finish_body().await
+                } else {
+                    self.flush_with(&[], &[]).await
+                }
+            }
+        }
+    }
+
+    async fn finish_body(&mut self) -> Result<()> {
+        let mode = self.body_out;
+        self.body_out = BodyOut::Finished;
+        match mode {
+            BodyOut::Chunked => self.flush_with(b"0\r\n\r\n", &[]).await,
+            BodyOut::Length(left) if left > 0 => {
+                // Shorter than announced: the client must see it truncated.
+                self.keepalive = false;
+                let _ = self.flush_with(&[], &[]).await;
+                Err(err(
+                    ErrorType::WriteError,
+                    "response body shorter than its length",
+                ))
+            }
+            _ if !self.out.is_empty() => self.flush_with(&[], &[]).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn write_body(&mut self, data: Option<Bytes>, end: bool) -> Result<()> {
+        let data = data.unwrap_or_default();
+        match self.body_out {
+            BodyOut::NotStarted => {
+                return Err(err(
+                    ErrorType::WriteError,
+                    "body before the response header",
+                ))
+            }
+            BodyOut::Finished | BodyOut::None => {}
+            BodyOut::Length(left) => {
+                let n = (data.len() as u64).min(left) as usize;
+                self.body_out = BodyOut::Length(left - n as u64);
+                self.body_sent += n;
+                if n > 0 || !self.out.is_empty() {
+                    self.flush_with(&data[..n], &[]).await?;
+                }
+                if left - n as u64 == 0 {
+                    self.body_out = BodyOut::Finished;
+                }
+            }
+            BodyOut::Chunked => {
+                if !data.is_empty() {
+                    self.body_sent += data.len();
+                    let mut size = [0u8; 18];
+                    let len = chunk_size_line(data.len(), &mut size);
+                    self.out.extend_from_slice(&size[..len]);
+                    let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+                    self.flush_with(&data, tail).await?;
+                    if end {
+                        self.body_out = BodyOut::Finished;
+                        return Ok(());
+                    }
+                }
+            }
+            BodyOut::Close => {
+                if !data.is_empty() || !self.out.is_empty() {
+                    self.body_sent += data.len();
+                    self.flush_with(&data, &[]).await?;
+                }
+            }
+        }
+        if end && self.body_out != BodyOut::Finished {
+            return self.finish_body().await;
+        }
+        Ok(())
+    }
+
+    /// Frees the buffers of an idle connection (the request header's values
+    /// point into the read buffer, so it goes too).
+    fn release_buffers(&mut self) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        self.buf = BytesMut::new();
+        self.out = Vec::new();
+        self.raw = Bytes::new();
+        self.resp = None;
+        if let Ok(r) = RequestHeader::build_no_case("GET", b"/", Some(0)) {
+            self.req = r;
+        }
+    }
+
+    fn response_complete(&self) -> bool {
+        self.body_out == BodyOut::Finished
+    }
+}
+
+impl Downstream for H1Session {
+    fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+    fn client_addr(&self) -> Option<SocketAddr> {
+        self.client
+    }
+    fn server_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+    fn is_tls(&self) -> bool {
+        false
+    }
+    fn is_http2(&self) -> bool {
+        false
+    }
+    fn is_body_done(&mut self) -> bool {
+        matches!(self.body_in, BodyIn::Done | BodyIn::Length(0))
+    }
+    async fn read_request_body(&mut self) -> Result<Option<Bytes>> {
+        self.read_body().await
+    }
+    fn write_response_header(
+        &mut self,
+        h: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.write_header(h, end)
+    }
+    fn write_response_body(
+        &mut self,
+        data: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.write_body(data, end)
+    }
+    fn set_keepalive(&mut self, secs: Option<u64>) {
+        if secs.is_none() {
+            self.keepalive = false;
+        }
+    }
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.resp.as_deref()
+    }
+    fn body_bytes_sent(&self) -> usize {
+        self.body_sent
+    }
+    fn body_bytes_read(&self) -> usize {
+        self.body_read
+    }
+    fn raw_request_header(&self) -> Bytes {
+        self.raw.clone()
+    }
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 15 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        n = n * 16 + u64::from(d);
+    }
+    Some(n)
+}
+
+/// `{len:x}\r\n` into `out`; returns its length.
+fn chunk_size_line(mut len: usize, out: &mut [u8; 18]) -> usize {
+    let mut digits = [0u8; 16];
+    let mut i = 16;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[len & 0xf];
+        len >>= 4;
+        if len == 0 {
+            break;
+        }
+    }
+    let n = 16 - i;
+    out[..n].copy_from_slice(&digits[i..]);
+    out[n] = b'\r';
+    out[n + 1] = b'\n';
+    n + 2
+}
+
+async fn write_all_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < parts.len() {
+        if parts[idx].len() == off {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let n = if parts.len() - idx == 1 {
+            stream.write(&parts[idx][off..]).await?
+        } else {
+            let mut slices = [IoSlice::new(&[]); 4];
+            let mut k = 0;
+            slices[0] = IoSlice::new(&parts[idx][off..]);
+            k += 1;
+            for p in &parts[idx + 1..] {
+                if k == slices.len() {
+                    break;
+                }
+                slices[k] = IoSlice::new(p);
+                k += 1;
+            }
+            stream.write_vectored(&slices[..k]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n;
+        while n > 0 && idx < parts.len() {
+            let left = parts[idx].len() - off;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a request header was refused.
+enum Refuse {
+    /// Close without an answer (EOF, timeout, read error).
+    Close,
+    /// Answer with this status (and its nginx page), then close.
+    Status(u16, &'static str),
+}
+
+/// The next request on the connection: reads and parses its header into
+/// `s` (reusing its buffers).
+async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(), Refuse> {
+    // Waiting for a request's first byte: keepalive_timeout (between
+    // requests) or client_header_timeout (a new connection); then the rest
+    // of the header within client_header_timeout.
+    if s.buf.is_empty() {
+        let wait = if first {
+            HEADER_TIMEOUT
+        } else {
+            KEEPALIVE_TIMEOUT
+        };
+        let until = tokio::time::Instant::now() + wait;
+        // Waits in steps of a second at most, to see a shutdown (cheaper
+        // per request than registering with a shutdown signal).
+        loop {
+            let step = until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(1));
+            // After a second idle the buffers are given back (nginx keeps
+            // ~no memory for an idle keep-alive connection): wait for data
+            // before taking a new one.
+            let r = if s.buf.capacity() == 0 {
+                match tokio::time::timeout(step, s.stream.readable()).await {
+                    Ok(Ok(())) => tokio::time::timeout(HEADER_TIMEOUT, s.fill())
+                        .await
+                        .unwrap_or(Ok(0)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => {
+                        if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until
+                        {
+                            return Err(Refuse::Close);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                match tokio::time::timeout(step, s.fill()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until
+                        {
+                            return Err(Refuse::Close);
+                        }
+                        s.release_buffers();
+                        continue;
+                    }
+                }
+            };
+            match r {
+                Ok(n) if n > 0 => break,
+                _ => return Err(Refuse::Close),
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+    loop {
+        // nginx ignores empty lines before a request line.
+        while s.buf.starts_with(b"\r\n") {
+            s.buf.advance(2);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&s.buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                if n > MAX_HEAD {
+                    return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
+                }
+                return build_request(s, n);
+            }
+            Ok(httparse::Status::Partial) => {
+                if find_crlf(&s.buf).is_none() && s.buf.len() > MAX_REQUEST_LINE {
+                    return Err(Refuse::Status(414, ""));
+                }
+                if s.buf.len() > MAX_HEAD {
+                    return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"))
+            }
+            Err(_) => return Err(Refuse::Status(400, "")),
+        }
+        match tokio::time::timeout_at(deadline, s.fill()).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err(Refuse::Close),
+        }
+    }
+}
+
+fn build_request(s: &mut H1Session, n: usize) -> std::result::Result<(), Refuse> {
+    let raw = s.buf.split_to(n).freeze();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(&raw), Ok(httparse::Status::Complete(_))) {
+        return Err(Refuse::Status(400, ""));
+    }
+    let bad = Refuse::Status(400, "");
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    if path.len() > MAX_REQUEST_LINE {
+        return Err(Refuse::Status(414, ""));
+    }
+    let mut h = RequestHeader::build_no_case(method, path.as_bytes(), Some(req.headers.len()))
+        .map_err(|_| Refuse::Status(400, ""))?;
+    let v11 = req.version == Some(1);
+    h.set_version(if v11 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_10
+    });
+    let mut hosts = 0;
+    let mut lengths: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut conn_close = false;
+    let mut conn_keep = false;
+    let mut expect = false;
+    for hd in req.headers.iter() {
+        // nginx: a header line must fit one of large_client_header_buffers (8k).
+        if hd.name.len() + hd.value.len() + 4 > MAX_REQUEST_LINE {
+            return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
+        }
+        let name = http::HeaderName::from_bytes(hd.name.as_bytes())
+            .map_err(|_| Refuse::Status(400, ""))?;
+        let value = http::HeaderValue::from_maybe_shared(raw.slice_ref(hd.value))
+            .map_err(|_| Refuse::Status(400, ""))?;
+        if name == http::header::HOST {
+            hosts += 1;
+        } else if name == http::header::CONTENT_LENGTH {
+            let v = std::str::from_utf8(hd.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (v, lengths) {
+                (None, _) => return Err(bad),
+                (Some(a), Some(b)) if a != b => return Err(bad),
+                (Some(a), _) => lengths = Some(a),
+            }
+        } else if name == http::header::TRANSFER_ENCODING {
+            te = true;
+            chunked = hd.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name == http::header::CONNECTION {
+            for t in hd.value.split(|&c| c == b',') {
+                let t = t.trim_ascii();
+                conn_close |= t.eq_ignore_ascii_case(b"close");
+                conn_keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == http::header::EXPECT {
+            expect = hd.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        h.append_header(name, value)
+            .map_err(|_| Refuse::Status(400, ""))?;
+    }
+    if hosts > 1 || (v11 && hosts == 0) {
+        return Err(bad);
+    }
+    if te && lengths.is_some() {
+        return Err(bad);
+    }
+    if te && !chunked {
+        return Err(Refuse::Status(501, ""));
+    }
+    s.raw = raw;
+    s.req = h;
+    s.body_in = if chunked {
+        BodyIn::Chunked(Chunk::Size)
+    } else {
+        match lengths {
+            Some(n) if n > 0 => BodyIn::Length(n),
+            _ => BodyIn::Done,
+        }
+    };
+    s.body_read = 0;
+    s.expect_continue = expect && v11 && !matches!(s.body_in, BodyIn::Done);
+    s.keepalive = if v11 {
+        !conn_close
+    } else {
+        conn_keep && !conn_close
+    };
+    s.resp = None;
+    s.body_out = BodyOut::NotStarted;
+    s.body_sent = 0;
+    Ok(())
+}
+
+/// nginx's page for a refused request.
+fn refusal(code: u16, detail: &str) -> Vec<u8> {
+    let reason = crate::report::reason_phrase(code);
+    let (title, extra) = if detail.is_empty() {
+        (format!("{code} {reason}"), String::new())
+    } else {
+        (
+            format!("{code} {detail}"),
+            format!("<center>{detail}</center>\r\n"),
+        )
+    };
+    let body = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n{extra}<hr><center>why502</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let date = pingora_core::protocols::http::date::get_cached_date();
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nServer: why502\r\nDate: {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        date.to_str().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let client = stream.peer_addr().ok();
+    let local = stream.local_addr().ok();
+    let mut s = H1Session {
+        stream,
+        client,
+        local,
+        buf: BytesMut::new(),
+        raw: Bytes::new(),
+        req: match RequestHeader::build_no_case("GET", b"/", None) {
+            Ok(r) => r,
+            Err(_) => return,
+        },
+        body_in: BodyIn::Done,
+        body_read: 0,
+        expect_continue: false,
+        keepalive: false,
+        resp: None,
+        body_out: BodyOut::NotStarted,
+        out: Vec::new(),
+        body_sent: 0,
+    };
+    let mut conn = A::Conn::default();
+    let mut first = true;
+    loop {
+        match read_request(&mut s, first).await {
+            Ok(()) => {}
+            Err(Refuse::Close) => return,
+            Err(Refuse::Status(code, detail)) => {
+                let page = refusal(code, detail);
+                let _ = s.write_parts(&[&page]).await;
+                return;
+            }
+        }
+        first = false;
+        if STOPPING.load(Ordering::Relaxed) {
+            s.keepalive = false;
+        }
+        let ok = app.serve(&mut s, &mut conn).await;
+        if !ok || !s.response_complete() || !s.keepalive || !s.is_body_done() {
+            return;
+        }
+        if !s.out.is_empty() && s.flush_with(&[], &[]).await.is_err() {
+            return;
+        }
+        // Large idle buffers are given back.
+        if s.buf.is_empty() && s.buf.capacity() > 4 * READ_SIZE {
+            s.buf = BytesMut::new();
+        }
+    }
+}
+
+/// The listening sockets and threads of the own server.
+pub struct Listeners {
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds `addr` like nginx (SO_REUSEADDR, backlog 511; `ipv6only` for `[::]`
+/// next to an IPv4 listen on its port).
+pub fn bind(addr: SocketAddr, ipv6_only: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(ipv6_only)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(511)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Runs the server: `threads` threads, each with its own single-threaded
+/// runtime. Every thread accepts from every socket and hands each new
+/// connection to the thread with the fewest connections (itself on a tie),
+/// which then serves it to the end: the connections are spread evenly even
+/// when a burst of them arrives at once, and a request never crosses
+/// threads. Returns the threads; they end when `shutdown` turns true and
+/// their connections have finished (or after `grace`).
+pub fn run<A: App>(
+    app: Arc<A>,
+    sockets: Vec<std::net::TcpListener>,
+    threads: usize,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let n = threads.max(1);
+    let active: Arc<Vec<AtomicUsize>> = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
+    let mut txs = Vec::with_capacity(n);
+    let mut rxs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        txs.push(tx);
+        rxs.push(rx);
+    }
+    let txs = Arc::new(txs);
+    let mut handles = Vec::new();
+    for (i, mut rx) in rxs.into_iter().enumerate() {
+        let socks = sockets
+            .iter()
+            .map(|l| l.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let active = active.clone();
+        let txs = txs.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("why502-h1-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("why502: cannot start a worker thread: {e}");
+                        return;
+                    }
+                };
+                let w = Worker {
+                    app,
+                    me: i,
+                    active,
+                    shutdown,
+                };
+                rt.block_on(async move {
+                    for sock in socks {
+                        match tokio::net::TcpListener::from_std(sock) {
+                            Ok(l) => {
+                                tokio::spawn(w.clone().accept_loop(l, txs.clone()));
+                            }
+                            Err(e) => eprintln!("why502: cannot listen: {e}"),
+                        }
+                    }
+                    // Connections handed over by the other threads.
+                    let w2 = w.clone();
+                    tokio::spawn(async move {
+                        while let Some(s) = rx.recv().await {
+                            match TcpStream::from_std(s) {
+                                Ok(s) => w2.spawn_conn(s),
+                                Err(_) => {
+                                    w2.active[w2.me].fetch_sub(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    });
+                    let mut sd = w.shutdown.clone();
+                    while !*sd.borrow() {
+                        if sd.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    STOPPING.store(true, Ordering::Relaxed);
+                    let until = tokio::time::Instant::now() + grace;
+                    while w.active[w.me].load(Ordering::Relaxed) > 0
+                        && tokio::time::Instant::now() < until
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+            })?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// One worker thread's share of the server.
+struct Worker<A> {
+    app: Arc<A>,
+    me: usize,
+    /// Open connections per thread.
+    active: Arc<Vec<AtomicUsize>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<A> Clone for Worker<A> {
+    fn clone(&self) -> Self {
+        Worker {
+            app: self.app.clone(),
+            me: self.me,
+            active: self.active.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+impl<A: App> Worker<A> {
+    /// Serves `s` on this thread (its `active` count is already raised).
+    fn spawn_conn(&self, s: TcpStream) {
+        let w = self.clone();
+        tokio::spawn(async move {
+            serve_connection(&*w.app, s).await;
+            w.active[w.me].fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// The thread with the fewest connections (this one on a tie).
+    fn least_busy(&self) -> usize {
+        let mut best = self.me;
+        let mut min = self.active[self.me].load(Ordering::Relaxed);
+        for (j, a) in self.active.iter().enumerate() {
+            let v = a.load(Ordering::Relaxed);
+            if v < min {
+                best = j;
+                min = v;
+            }
+        }
+        best
+    }
+
+    async fn accept_loop(
+        self,
+        l: tokio::net::TcpListener,
+        txs: Arc<Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>>,
+    ) {
+        let mut sd = self.shutdown.clone();
+        loop {
+            let r = tokio::select! {
+                r = l.accept() => r,
+                _ = sd.changed() => return,
+            };
+            let s = match r {
+                Ok((s, _)) => s,
+                // EMFILE and the like: back off a little.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let to = self.least_busy();
+            self.active[to].fetch_add(1, Ordering::Relaxed);
+            if to == self.me {
+                self.spawn_conn(s);
+                continue;
+            }
+            // Hand it over: the other thread registers it with its own
+            // reactor.
+            let sent = s
+                .into_std()
+                .ok()
+                .and_then(|s| txs.get(to).map(|tx| tx.send(s).is_ok()));
+            if sent != Some(true) {
+                self.active[to].fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut b = [0u8; 18];
+        let n = chunk_size_line(0x1a2b, &mut b);
+        assert_eq!(&b[..n], b"1a2b\r\n");
+        let n = chunk_size_line(0, &mut b);
+        assert_eq!(&b[..n], b"0\r\n");
+        let n = chunk_size_line(usize::MAX, &mut b);
+        assert_eq!(&b[..n], b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(parse_hex(b"ff"), Some(255));
+        assert_eq!(parse_hex(b"0"), Some(0));
+        assert_eq!(parse_hex(b""), None);
+        assert_eq!(parse_hex(b"x"), None);
+        assert_eq!(parse_hex(b"1234567890abcdef"), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! The client side of one request, as the handlers see it.
+//!
+//! Two servers implement it: Pingora's session (TLS, HTTP/2, h2c, and the
+//! listeners whose servers proxy to HTTP backends, which go through
+//! Pingora's proxy machinery) and why502's own HTTP/1.1 server
+//! ([`crate::h1`]), which serves the plain listeners that only route to
+//! FastCGI, static files and `return`s.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// What the request handlers use of a client connection.
+pub trait Downstream: Send {
+    /// The request header as parsed.
+    fn req_header(&self) -> &RequestHeader;
+    /// The client's address (None for a unix-socket client).
+    fn client_addr(&self) -> Option<SocketAddr>;
+    /// The local address the connection came to.
+    fn server_addr(&self) -> Option<SocketAddr>;
+    /// The connection is TLS.
+    fn is_tls(&self) -> bool;
+    /// The request came over HTTP/2.
+    fn is_http2(&self) -> bool;
+    /// The whole request body has been read (or there is none).
+    fn is_body_done(&mut self) -> bool;
+    /// The next piece of the request body; `None` at its end.
+    fn read_request_body(
+        &mut self,
+    ) -> impl Future<Output = pingora_core::Result<Option<Bytes>>> + Send;
+    /// Writes the response header (framing: Content-Length, else chunked on
+    /// HTTP/1.1, else until close). `end`: no body follows.
+    fn write_response_header(
+        &mut self,
+        h: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = pingora_core::Result<()>> + Send;
+    /// Writes a piece of the body; `end` finishes the response (the
+    /// chunked terminator).
+    fn write_response_body(
+        &mut self,
+        data: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = pingora_core::Result<()>> + Send;
+    /// `None`: close the connection after this response.
+    fn set_keepalive(&mut self, secs: Option<u64>);
+    /// The response header, once written.
+    fn response_written(&self) -> Option<&ResponseHeader>;
+    /// Body bytes written to the client (without chunk framing).
+    fn body_bytes_sent(&self) -> usize;
+    /// Body bytes read from the client.
+    fn body_bytes_read(&self) -> usize;
+    /// The request header as received (HTTP/1; empty for HTTP/2).
+    fn raw_request_header(&self) -> Bytes;
+}
+
+fn inet(a: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> Option<SocketAddr> {
+    a.and_then(|a| a.as_inet()).copied()
+}
+
+impl Downstream for pingora_proxy::Session {
+    fn req_header(&self) -> &RequestHeader {
+        self.as_downstream().req_header()
+    }
+    fn client_addr(&self) -> Option<SocketAddr> {
+        inet(self.as_downstream().client_addr())
+    }
+    fn server_addr(&self) -> Option<SocketAddr> {
+        inet(self.as_downstream().server_addr())
+    }
+    fn is_tls(&self) -> bool {
+        self.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
+    }
+    fn is_http2(&self) -> bool {
+        self.as_downstream().is_http2()
+    }
+    fn is_body_done(&mut self) -> bool {
+        self.as_downstream_mut().is_body_done()
+    }
+    fn read_request_body(
+        &mut self,
+    ) -> impl Future<Output = pingora_core::Result<Option<Bytes>>> + Send {
+        self.as_downstream_mut().read_request_body()
+    }
+    fn write_response_header(
+        &mut self,
+        h: Box<ResponseHeader>,
+        end: bool,
+    ) -> impl Future<Output = pingora_core::Result<()>> + Send {
+        pingora_proxy::Session::write_response_header(self, h, end)
+    }
+    fn write_response_body(
+        &mut self,
+        data: Option<Bytes>,
+        end: bool,
+    ) -> impl Future<Output = pingora_core::Result<()>> + Send {
+        pingora_proxy::Session::write_response_body(self, data, end)
+    }
+    fn set_keepalive(&mut self, secs: Option<u64>) {
+        self.as_downstream_mut().set_keepalive(secs)
+    }
+    fn response_written(&self) -> Option<&ResponseHeader> {
+        self.as_downstream().response_written()
+    }
+    fn body_bytes_sent(&self) -> usize {
+        self.as_downstream().body_bytes_sent()
+    }
+    fn body_bytes_read(&self) -> usize {
+        self.as_downstream().body_bytes_read()
+    }
+    fn raw_request_header(&self) -> Bytes {
+        if self.as_downstream().is_http2() {
+            Bytes::new()
+        } else {
+            self.as_downstream().to_h1_raw()
+        }
+    }
+}

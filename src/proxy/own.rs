@@ -1,0 +1,125 @@
+//! why502's own HTTP/1.1 server ([`crate::h1`]) wired to the request
+//! handlers, and the choice of which listeners it serves.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+
+use super::{access, ReqCtx, Why502};
+use crate::cause::Cause;
+use crate::config::{Config, Listen, Location};
+use crate::h1::{self, H1Session};
+use crate::report::Failure;
+
+impl h1::App for Why502 {
+    type Conn = Option<Box<dyn Any + Send + Sync>>;
+
+    async fn serve(&self, s: &mut H1Session, conn: &mut Self::Conn) -> bool {
+        let mut ctx = ReqCtx::default();
+        if let Some(prev) = conn.take() {
+            self.rt.access.reuse(&mut ctx, prev);
+        }
+        self.init_ctx(s, &mut ctx);
+        let ok = match self.handle(s, &mut ctx).await {
+            Ok(()) if ctx.http.is_some() => {
+                // Listeners whose servers proxy to HTTP backends are left to
+                // Pingora (see `serves`), so this is not reached.
+                ctx.http = None;
+                let f = Failure::new(
+                    Cause::ProxyInternal,
+                    "HTTP backend location on a listener of the own HTTP/1 server",
+                    "HTTP backend location on a listener of the own HTTP/1 server",
+                );
+                self.respond_failure(s, &mut ctx, f).await.is_ok()
+            }
+            Ok(()) => true,
+            Err(super::Abort) => {
+                ctx.aborted = true;
+                false
+            }
+        };
+        if self.rt.access.enabled {
+            access::log_request(&self.rt, s, &ctx);
+        }
+        *conn = self.rt.access.persist(&ctx);
+        ok
+    }
+}
+
+fn proxies(locs: &[Location]) -> bool {
+    locs.iter()
+        .any(|l| l.proxy.is_some() || proxies(&l.locations))
+}
+
+/// Whether the own server takes listen address `l` (one of `all`): plain
+/// HTTP/1 (no TLS, no h2c), and no server on its port proxies to HTTP
+/// backends (Pingora does those). `WHY502_SERVER=pingora` leaves every
+/// listener to Pingora.
+pub fn serves(config: &Config, l: &Listen) -> bool {
+    if std::env::var("WHY502_SERVER").is_ok_and(|v| v == "pingora") {
+        return false;
+    }
+    if l.tls.is_some() || l.http2 {
+        return false;
+    }
+    let port = l.addr.port();
+    !config
+        .servers
+        .iter()
+        .any(|s| s.listen.iter().any(|o| o.addr.port() == port) && proxies(&s.locations))
+}
+
+/// The own server as a Pingora service: started and stopped with the
+/// others (graceful shutdown on SIGTERM/SIGQUIT).
+pub struct OwnService {
+    pub app: Arc<Why502>,
+    pub sockets: Vec<std::net::TcpListener>,
+    pub threads: usize,
+}
+
+#[async_trait]
+impl pingora_core::services::Service for OwnService {
+    async fn start_service(
+        &mut self,
+        #[cfg(unix)] _fds: Option<pingora_core::server::ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let sockets = std::mem::take(&mut self.sockets);
+        let handles = match h1::run(
+            self.app.clone(),
+            sockets,
+            self.threads,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("why502: cannot start the HTTP/1 server: {e}");
+                std::process::exit(1);
+            }
+        };
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
+    }
+
+    fn name(&self) -> &str {
+        "why502-h1"
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+}

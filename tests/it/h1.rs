@@ -1,0 +1,205 @@
+//! why502's own HTTP/1.1 server (`src/h1.rs`), which serves the plain
+//! listeners in front of PHP-FPM: keep-alive, pipelining, chunked uploads,
+//! `Expect: 100-continue`, HTTP/1.0, and nginx's answers to malformed
+//! requests (each status checked against nginx 1.22).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::header::with_php;
+use crate::support;
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+/// Everything the server sends until it closes the connection.
+fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn response(s: &mut TcpStream) -> support::HttpResponse {
+    support::read_response(s, false, Instant::now() + Duration::from_secs(10))
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &[]);
+    let mut s = connect(&p.addr);
+    // Five requests one after the other on one connection.
+    for i in 0..5 {
+        s.write_all(format!("GET /hello.php?i={i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("write");
+        let r = response(&mut s);
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.header("Connection"), Some("keep-alive"), "{r:?}");
+        assert!(r.header("Date").is_some(), "{r:?}");
+    }
+    // Three pipelined in one write (a HEAD in the middle); the last asks to
+    // close.
+    s.write_all(
+        b"GET /hello.php?a HTTP/1.1\r\nHost: t\r\n\r\n\
+          HEAD /hello.php HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /hello.php?c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let all = read_to_close(&mut s);
+    let statuses: Vec<&str> = all
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &all[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200"], "{all}");
+    // The HEAD response has no body: the bodies are the first and last.
+    assert_eq!(all.matches("\r\n\r\nhello").count(), 2, "{all}");
+    assert!(all.ends_with("\r\n\r\nhello"), "{all}");
+    assert_eq!(all.matches("\r\nConnection: close\r\n").count(), 1, "{all}");
+}
+
+#[test]
+fn chunked_upload_reaches_php() {
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &[]);
+    let mut s = connect(&p.addr);
+    s.write_all(
+        b"POST /echo.php HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .expect("write");
+    let r = response(&mut s);
+    assert_eq!(r.status, 200, "{r:?}");
+    // sha256("hello world")
+    assert!(
+        r.text().contains(
+            "len=11 sha256=b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        ),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn expect_100_continue() {
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &[]);
+    let mut s = connect(&p.addr);
+    s.write_all(
+        b"POST /echo.php HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let mut got = [0u8; 25];
+    s.read_exact(&mut got).expect("100 Continue");
+    assert_eq!(&got, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").expect("body");
+    let r = response(&mut s);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.text().contains("len=5 "), "{}", r.text());
+}
+
+#[test]
+fn http10_closes_unless_asked_to_keep_alive() {
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &[]);
+    let mut s = connect(&p.addr);
+    s.write_all(b"GET /hello.php HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .expect("write");
+    let r = response(&mut s);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("Connection"), Some("keep-alive"), "{r:?}");
+    s.write_all(b"GET /hello.php HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let all = read_to_close(&mut s);
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(all.contains("\r\nConnection: close\r\n"), "{all}");
+}
+
+#[test]
+fn malformed_requests_get_nginx_statuses() {
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &[]);
+    let long = "a".repeat(9000);
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("garbage", "GARBAGE\r\n\r\n".into(), 400),
+        ("HTTP/1.1 without Host", "GET /hello.php HTTP/1.1\r\n\r\n".into(), 400),
+        (
+            "two Hosts",
+            "GET /hello.php HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            "POST /echo.php HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "invalid Content-Length",
+            "POST /echo.php HTTP/1.1\r\nHost: t\r\nContent-Length: 3x\r\n\r\nabc".into(),
+            400,
+        ),
+        (
+            "unknown transfer coding",
+            "POST /echo.php HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".into(),
+            501,
+        ),
+        (
+            "request line over 8 KiB",
+            format!("GET /{long} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            414,
+        ),
+        (
+            "header line over 8 KiB",
+            format!("GET / HTTP/1.1\r\nHost: t\r\nX-Long: {long}\r\n\r\n"),
+            400,
+        ),
+        (
+            "header over 32 KiB",
+            format!(
+                "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
+                (0..9)
+                    .map(|i| format!("X-{i}: {}\r\n", &long[..4000]))
+                    .collect::<String>()
+            ),
+            400,
+        ),
+    ];
+    for (name, raw, status) in cases {
+        let mut s = connect(&p.addr);
+        s.write_all(raw.as_bytes()).expect("write");
+        let all = read_to_close(&mut s);
+        assert!(
+            all.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{name}: {all}"
+        );
+        assert!(all.contains("\r\nConnection: close\r\n"), "{name}: {all}");
+    }
+}
+
+#[test]
+fn request_body_longer_than_its_length_starts_the_next_request() {
+    // The bytes after Content-Length are the next (pipelined) request.
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &[]);
+    let mut s = connect(&p.addr);
+    s.write_all(
+        b"POST /echo.php HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+          GET /hello.php HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .expect("write");
+    let all = read_to_close(&mut s);
+    assert!(all.contains("len=3 "), "{all}");
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+}
