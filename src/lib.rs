@@ -22,6 +22,7 @@ pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod fake_fcgi;
 pub mod fastcgi;
 pub mod fpm;

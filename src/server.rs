@@ -11,30 +11,62 @@ use pingora_core::server::Server;
 use crate::config::Config;
 use crate::proxy::{Runtime, Why502};
 
-/// Sets up `tracing` for structured failure events (JSON lines).
+/// Sets up `tracing`: the failure events (JSON lines, [`crate::events`])
+/// to the events file or stderr; other events (Pingora's errors, filtered by
+/// `WHY502_LOG`) as tracing-subscriber's JSON to the same place.
 pub fn init_tracing(config: &Config) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{filter_fn, EnvFilter};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer as _;
+
+    use crate::events::{EventsLayer, Sink, TARGET};
     let filter = EnvFilter::try_from_env("WHY502_LOG").unwrap_or_else(|_| {
         EnvFilter::new("why502=info,pingora=error,pingora_core=error,pingora_proxy=error,warn")
     });
-    let builder = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_env_filter(filter);
-    let res = match &config.logging.events {
+    let (sink, other) = match &config.logging.events {
         Some(path) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("{}: cannot open events log: {e}", path.display()))
+            };
+            let f = crate::accesslog::LogFile::open(path)
                 .map_err(|e| format!("{}: cannot open events log: {e}", path.display()))?;
-            builder.with_writer(std::sync::Mutex::new(f)).try_init()
+            let w = std::sync::Mutex::new(open()?);
+            (
+                Sink::File(f),
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(w)
+                    .boxed(),
+            )
         }
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => (
+            Sink::Stderr,
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(std::io::stderr)
+                .boxed(),
+        ),
     };
-    res.map_err(|e| format!("cannot initialize logging: {e}"))
+    tracing_subscriber::registry()
+        .with(EventsLayer::new(sink).with_filter(filter_fn(|m| m.target() == TARGET)))
+        .with(
+            other
+                .with_filter(filter)
+                .with_filter(filter_fn(|m| m.target() != TARGET)),
+        )
+        .try_init()
+        .map_err(|e| format!("cannot initialize logging: {e}"))
 }
 
 /// The client connection's write buffer: a response header and a body of

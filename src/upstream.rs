@@ -341,6 +341,8 @@ pub struct UpstreamState {
     /// for plain HTTP, one per location for TLS: CA, name) and the time they
     /// became idle.
     http_idle: Vec<PerThread<(u64, HttpWire, Instant)>>,
+    /// Each server's address as text (`Addr`'s Display), made once.
+    pub addr_text: Vec<String>,
 }
 
 /// One idle pool per worker thread (see [`pool_slot`]).
@@ -389,6 +391,7 @@ impl UpstreamState {
             http_idle: (0..n)
                 .map(|_| (0..slots).map(|_| Mutex::new(Vec::new())).collect())
                 .collect(),
+            addr_text: config.servers.iter().map(|s| s.addr.to_string()).collect(),
             config,
         }
     }

@@ -95,12 +95,15 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
     p
 }
 
-/// nginx's upstream name in log lines.
-fn nginx_upstream(addr: &Addr) -> String {
-    match addr {
-        Addr::Unix(p) => format!("fastcgi://unix:{}:", p.display()),
-        Addr::Tcp(s) => format!("fastcgi://{s}"),
+/// nginx's upstream name in log lines (`text`: the address as text).
+fn nginx_upstream(addr: &Addr, text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 12);
+    s.push_str("fastcgi://");
+    s.push_str(text);
+    if matches!(addr, Addr::Unix(_)) {
+        s.push(':');
     }
+    s
 }
 
 /// How one attempt against one server ended.
@@ -167,8 +170,10 @@ pub async fn serve<S: Downstream>(
         };
         tried.push(i);
         let addr = &up.config.servers[i].addr;
-        ctx.summary.upstream = nginx_upstream(addr);
-        ctx.summary.next_hop = addr.to_string();
+        let text = up.addr_text.get(i).map(String::as_str).unwrap_or_default();
+        ctx.summary.upstream = nginx_upstream(addr, text);
+        ctx.summary.next_hop.clear();
+        ctx.summary.next_hop.push_str(text);
 
         let t0 = Instant::now();
         let mut reused = false;
