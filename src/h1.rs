@@ -188,6 +188,23 @@ impl H1Session {
         Ok(())
     }
 
+    /// Reads more of the request body (after `100 Continue` if the client
+    /// waits for it); the connection closing is an error.
+    async fn more_body(&mut self) -> Result<()> {
+        self.send_continue().await?;
+        let n = self
+            .fill_body()
+            .await
+            .map_err(|e| Error::because(ErrorType::ReadError, "reading body", e))?;
+        if n == 0 {
+            return Err(err(
+                ErrorType::ConnectionClosed,
+                "client closed the connection in the body",
+            ));
+        }
+        Ok(())
+    }
+
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
         match self.body_in {
             BodyIn::Done => Ok(None),
@@ -197,17 +214,7 @@ impl H1Session {
             }
             BodyIn::Length(left) => {
                 if self.buf.is_empty() {
-                    self.send_continue().await?;
-                    let n = self
-                        .fill_body()
-                        .await
-                        .map_err(|e| Error::because(ErrorType::ReadError, "reading body", e))?;
-                    if n == 0 {
-                        return Err(err(
-                            ErrorType::ConnectionClosed,
-                            "client closed the connection in the body",
-                        ));
-                    }
+                    self.more_body().await?;
                 }
                 let n = (self.buf.len() as u64).min(left) as usize;
                 let b = self.buf.split_to(n).freeze();
@@ -299,17 +306,7 @@ impl H1Session {
                 Some(Some(b)) => return Ok(Some(b)),
                 Some(None) => continue,
                 None => {
-                    self.send_continue().await?;
-                    let n = self
-                        .fill_body()
-                        .await
-                        .map_err(|e| Error::because(ErrorType::ReadError, "reading body", e))?;
-                    if n == 0 {
-                        return Err(err(
-                            ErrorType::ConnectionClosed,
-                            "client closed the connection in the body",
-                        ));
-                    }
+                    self.more_body().await?;
                 }
             }
         }

@@ -58,13 +58,13 @@ pub fn init_tracing(config: &Config) -> Result<(), String> {
                 .boxed(),
         ),
     };
+    // The EnvFilter filters globally, so the callsites it disables (the h2
+    // crate's per-frame spans and events, Pingora's debug logs) stay
+    // disabled for good; the per-layer filters only route what it lets by.
     tracing_subscriber::registry()
+        .with(filter)
         .with(EventsLayer::new(sink).with_filter(filter_fn(|m| m.target() == TARGET)))
-        .with(
-            other
-                .with_filter(filter)
-                .with_filter(filter_fn(|m| m.target() != TARGET)),
-        )
+        .with(other.with_filter(filter_fn(|m| m.target() != TARGET)))
         .try_init()
         .map_err(|e| format!("cannot initialize logging: {e}"))
 }
