@@ -1,10 +1,12 @@
-//! The Pingora wiring: one [`ProxyHttp`] implementation that routes each
-//! request like nginx (server, location, try_files, index) and serves it from
-//! a static file or through the FastCGI gateway, reporting every failure
-//! through [`crate::report`].
+//! Request handling: [`Why502`] routes each request like nginx (server,
+//! location, try_files, index) and serves it from a static file or through
+//! the FastCGI gateway, reporting every failure through [`crate::report`].
+//! The handlers take any [`downstream::Downstream`]: why502's own HTTP/1.1
+//! server ([`own`], [`crate::h1`]) or Pingora's session, through the one
+//! [`ProxyHttp`] implementation below (TLS, HTTP/2, HTTP backends).
 //!
-//! FastCGI and static responses are written from `request_filter` (Pingora's
-//! upstream machinery is HTTP-only). A failure after the response header was
+//! On Pingora, FastCGI and static responses are written from
+//! `request_filter` (Pingora's upstream machinery is HTTP-only). A failure after the response header was
 //! sent returns an error from `request_filter`: Pingora then drops the
 //! downstream connection without the chunked terminator, so the client can
 //! tell the body is truncated.

@@ -24,7 +24,7 @@ impl h1::App for Why502 {
         }
         self.init_ctx(s, &mut ctx);
         let ok = match self.handle(s, &mut ctx).await {
-            Ok(()) if ctx.http.is_some() => {
+            Ok(()) if self.is_http_proxied(&ctx) => {
                 // Listeners whose servers proxy to HTTP backends are left to
                 // Pingora (see `serves`), so this is not reached.
                 ctx.http = None;
