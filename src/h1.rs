@@ -806,20 +806,10 @@ fn build_request(s: &mut H1Session, n: usize) -> std::result::Result<(), Refuse>
     Ok(())
 }
 
-/// nginx's page for a refused request.
+/// nginx's answer to a refused request.
 fn refusal(code: u16, detail: &str) -> Vec<u8> {
     let reason = crate::report::reason_phrase(code);
-    let (title, extra) = if detail.is_empty() {
-        (format!("{code} {reason}"), String::new())
-    } else {
-        (
-            format!("{code} {detail}"),
-            format!("<center>{detail}</center>\r\n"),
-        )
-    };
-    let body = format!(
-        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n{extra}<hr><center>why502</center>\r\n</body>\r\n</html>\r\n"
-    );
+    let body = crate::report::status_page(code, detail);
     let date = pingora_core::protocols::http::date::get_cached_date();
     let mut out = format!(
         "HTTP/1.1 {code} {reason}\r\nServer: why502\r\nDate: {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

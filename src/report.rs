@@ -345,6 +345,18 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
+/// nginx's page for a status (`detail`, if any, as nginx's second line, e.g.
+/// "Request Header Or Cookie Too Large", which also replaces the reason in
+/// the title).
+pub fn status_page(code: u16, detail: &str) -> String {
+    let reason = reason_phrase(code);
+    if detail.is_empty() {
+        format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n")
+    } else {
+        format!("<html>\r\n<head><title>{code} {detail}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<center>{detail}</center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n")
+    }
+}
+
 pub fn reason_phrase(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
         .ok()
@@ -412,9 +424,7 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
     let reason = reason_phrase(status);
     if !diag.enabled {
         // nginx's own page.
-        let body = format!(
-            "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n<center><h1>{status} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n"
-        );
+        let body = status_page(status, "");
         return Rendered {
             status,
             headers,
@@ -672,6 +682,20 @@ mod tests {
         assert_eq!(f(Cause::HeaderTimeout, ""), "error");
         assert_eq!(f(Cause::BodyTooLong, ""), "warn");
         assert_eq!(f(Cause::ClientClosed, ""), "info");
+    }
+
+    #[test]
+    fn status_pages_are_nginxs() {
+        assert_eq!(
+            status_page(404, ""),
+            "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n"
+        );
+        let p = status_page(400, "Request Header Or Cookie Too Large");
+        assert!(
+            p.contains("<title>400 Request Header Or Cookie Too Large</title>"),
+            "{p}"
+        );
+        assert!(p.contains("<h1>400 Bad Request</h1></center>\r\n<center>Request Header Or Cookie Too Large</center>"), "{p}");
     }
 
     #[test]

@@ -879,10 +879,9 @@ impl Why502 {
         ctx: &mut ReqCtx,
         code: u16,
     ) -> Result<(), Abort> {
-        let reason = report::reason_phrase(code);
         ctx.summary.status = code;
         let body = if code >= 400 {
-            format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n")
+            report::status_page(code, "")
         } else {
             String::new()
         };
@@ -969,8 +968,7 @@ impl Why502 {
             location.to_string()
         };
         let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
-        let reason = report::reason_phrase(code);
-        let body = format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n");
+        let body = report::status_page(code, "");
         let _ = h.insert_header("Location", location);
         let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
