@@ -530,42 +530,18 @@ impl Exchange<'_> {
                 }
                 continue;
             }
-            let chunk = match tokio::time::timeout(
-                self.server.client_body_timeout,
-                session.read_request_body(),
-            )
-            .await
-            {
-                Err(_) => {
-                    let f = Failure::new(
-                        Cause::ClientBodyTimeout,
-                        "client timed out (110: Connection timed out)",
-                        "reading the request body",
-                    );
+            let piece =
+                next_body_piece(session, self.server.client_body_timeout, &mut total, limit).await;
+            let chunk = match piece {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(f) => {
+                    ctx.summary.bytes_sent = total;
                     return Some(self.fail(ctx, f, false));
                 }
-                Ok(Err(e)) => {
-                    let f = Failure::new(
-                        Cause::ClientClosed,
-                        "client prematurely closed connection",
-                        e.to_string(),
-                    );
-                    return Some(self.fail(ctx, f, false));
-                }
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(b))) => b,
             };
             self.body_consumed = true;
-            total += chunk.len() as u64;
             ctx.summary.bytes_sent = total;
-            if limit > 0 && total > limit {
-                let f = Failure::new(
-                    Cause::ClientBodyTooLarge,
-                    format!("client intended to send too large chunked body: {total} bytes"),
-                    format!("request body > client_max_body_size {limit}"),
-                );
-                return Some(self.fail(ctx, f, false));
-            }
             if let Some(a) = self.send_stdin(ctx, &chunk, &mut out).await {
                 return Some(a);
             }
@@ -1038,6 +1014,43 @@ impl Exchange<'_> {
 /// when `client_max_body_size` is 0 (unlimited).
 pub const CHUNKED_BODY_MAX: u64 = 64 << 20;
 
+/// The next piece of the request body, within `timeout`, counted into
+/// `total` and checked against `limit` (0: none).
+async fn next_body_piece<S: Downstream>(
+    session: &mut S,
+    timeout: std::time::Duration,
+    total: &mut u64,
+    limit: u64,
+) -> Result<Option<Bytes>, Failure> {
+    let b = match tokio::time::timeout(timeout, session.read_request_body()).await {
+        Err(_) => {
+            return Err(Failure::new(
+                Cause::ClientBodyTimeout,
+                "client timed out (110: Connection timed out)",
+                "reading the request body",
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(Failure::new(
+                Cause::ClientClosed,
+                "client prematurely closed connection",
+                e.to_string(),
+            ))
+        }
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Ok(Some(b))) => b,
+    };
+    *total += b.len() as u64;
+    if limit > 0 && *total > limit {
+        return Err(Failure::new(
+            Cause::ClientBodyTooLarge,
+            format!("client intended to send too large chunked body: {total} bytes"),
+            format!("request body > client_max_body_size {limit}"),
+        ));
+    }
+    Ok(Some(b))
+}
+
 /// Reads a chunked request body whole, as nginx does before passing it to
 /// FastCGI: PHP needs `CONTENT_LENGTH` to read a body at all. Bounded by
 /// `client_max_body_size` (or [`CHUNKED_BODY_MAX`] when that is 0).
@@ -1049,34 +1062,8 @@ pub async fn read_whole_body<S: Downstream>(
     let cap = if limit == 0 { CHUNKED_BODY_MAX } else { limit };
     let mut parts = Vec::new();
     let mut total: u64 = 0;
-    loop {
-        match tokio::time::timeout(timeout, session.read_request_body()).await {
-            Err(_) => {
-                return Err(Failure::new(
-                    Cause::ClientBodyTimeout,
-                    "client timed out (110: Connection timed out)",
-                    "reading the request body",
-                ))
-            }
-            Ok(Err(e)) => {
-                return Err(Failure::new(
-                    Cause::ClientClosed,
-                    "client prematurely closed connection",
-                    e.to_string(),
-                ))
-            }
-            Ok(Ok(None)) => return Ok((parts, total)),
-            Ok(Ok(Some(b))) => {
-                total += b.len() as u64;
-                if total > cap {
-                    return Err(Failure::new(
-                        Cause::ClientBodyTooLarge,
-                        format!("client intended to send too large chunked body: {total} bytes"),
-                        format!("request body > client_max_body_size {cap}"),
-                    ));
-                }
-                parts.push(b);
-            }
-        }
+    while let Some(b) = next_body_piece(session, timeout, &mut total, cap).await? {
+        parts.push(b);
     }
+    Ok((parts, total))
 }
