@@ -129,13 +129,9 @@ fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
 }
 
 impl H1Session {
-    fn write_timeout() -> Duration {
-        SEND_TIMEOUT
-    }
-
     async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
         let fut = write_all_parts(&mut self.stream, parts);
-        match tokio::time::timeout(Self::write_timeout(), fut).await {
+        match tokio::time::timeout(SEND_TIMEOUT, fut).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::because(
                 ErrorType::WriteError,
@@ -365,11 +361,7 @@ impl H1Session {
         self.body_out = mode;
         self.resp = Some(h);
         match mode {
-            BodyOut::None => {
-                self.body_out = BodyOut::Finished;
-                self.flush_with(&[], &[]).await
-            }
-            BodyOut::Length(0) => {
+            BodyOut::None | BodyOut::Length(0) => {
                 self.body_out = BodyOut::Finished;
                 self.flush_with(&[], &[]).await
             }
@@ -687,7 +679,8 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
                 if n > MAX_HEAD {
                     return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
                 }
-                return build_request(s, n);
+                let head = Head::of(&s.buf, &req);
+                return build_request(s, n, &head);
             }
             Ok(httparse::Status::Partial) => {
                 if find_crlf(&s.buf).is_none() && s.buf.len() > MAX_REQUEST_LINE {
@@ -709,22 +702,51 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
     }
 }
 
-fn build_request(s: &mut H1Session, n: usize) -> std::result::Result<(), Refuse> {
-    let raw = s.buf.split_to(n).freeze();
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(&raw), Ok(httparse::Status::Complete(_))) {
-        return Err(Refuse::Status(400, ""));
+/// Where the parts of a parsed request header are in the read buffer (the
+/// header is parsed once, then the buffer is split off and frozen so the
+/// header values can point into it).
+struct Head {
+    method: (usize, usize),
+    path: (usize, usize),
+    v11: bool,
+    /// (name, value) of each header line.
+    headers: [((usize, usize), (usize, usize)); MAX_HEADERS],
+    count: usize,
+}
+
+impl Head {
+    fn of(base: &[u8], req: &httparse::Request<'_, '_>) -> Head {
+        let span = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+            (start, start + part.len())
+        };
+        let mut h = Head {
+            method: span(req.method.unwrap_or("").as_bytes()),
+            path: span(req.path.unwrap_or("").as_bytes()),
+            v11: req.version == Some(1),
+            headers: [((0, 0), (0, 0)); MAX_HEADERS],
+            count: 0,
+        };
+        for (slot, hd) in h.headers.iter_mut().zip(req.headers.iter()) {
+            *slot = (span(hd.name.as_bytes()), span(hd.value));
+            h.count += 1;
+        }
+        h
     }
+}
+
+fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Result<(), Refuse> {
+    let raw = s.buf.split_to(n).freeze();
     let bad = Refuse::Status(400, "");
-    let method = req.method.unwrap_or("");
-    let path = req.path.unwrap_or("");
+    let part = |(a, b): (usize, usize)| raw.get(a..b).unwrap_or_default();
+    let method = std::str::from_utf8(part(head.method)).map_err(|_| Refuse::Status(400, ""))?;
+    let path = part(head.path);
     if path.len() > MAX_REQUEST_LINE {
         return Err(Refuse::Status(414, ""));
     }
-    let mut h = RequestHeader::build_no_case(method, path.as_bytes(), Some(req.headers.len()))
+    let mut h = RequestHeader::build_no_case(method, path, Some(head.count))
         .map_err(|_| Refuse::Status(400, ""))?;
-    let v11 = req.version == Some(1);
+    let v11 = head.v11;
     h.set_version(if v11 {
         http::Version::HTTP_11
     } else {
@@ -737,19 +759,19 @@ fn build_request(s: &mut H1Session, n: usize) -> std::result::Result<(), Refuse>
     let mut conn_close = false;
     let mut conn_keep = false;
     let mut expect = false;
-    for hd in req.headers.iter() {
+    for &(name_at, value_at) in &head.headers[..head.count] {
+        let (name, value) = (part(name_at), part(value_at));
         // nginx: a header line must fit one of large_client_header_buffers (8k).
-        if hd.name.len() + hd.value.len() + 4 > MAX_REQUEST_LINE {
+        if name.len() + value.len() + 4 > MAX_REQUEST_LINE {
             return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
         }
-        let name = http::HeaderName::from_bytes(hd.name.as_bytes())
+        let hv = http::HeaderValue::from_maybe_shared(raw.slice_ref(value))
             .map_err(|_| Refuse::Status(400, ""))?;
-        let value = http::HeaderValue::from_maybe_shared(raw.slice_ref(hd.value))
-            .map_err(|_| Refuse::Status(400, ""))?;
+        let name = http::HeaderName::from_bytes(name).map_err(|_| Refuse::Status(400, ""))?;
         if name == http::header::HOST {
             hosts += 1;
         } else if name == http::header::CONTENT_LENGTH {
-            let v = std::str::from_utf8(hd.value)
+            let v = std::str::from_utf8(value)
                 .ok()
                 .map(str::trim)
                 .filter(|v| !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()))
@@ -761,17 +783,17 @@ fn build_request(s: &mut H1Session, n: usize) -> std::result::Result<(), Refuse>
             }
         } else if name == http::header::TRANSFER_ENCODING {
             te = true;
-            chunked = hd.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name == http::header::CONNECTION {
-            for t in hd.value.split(|&c| c == b',') {
+            for t in value.split(|&c| c == b',') {
                 let t = t.trim_ascii();
                 conn_close |= t.eq_ignore_ascii_case(b"close");
                 conn_keep |= t.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name == http::header::EXPECT {
-            expect = hd.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            expect = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
-        h.append_header(name, value)
+        h.append_header(name, hv)
             .map_err(|_| Refuse::Status(400, ""))?;
     }
     if hosts > 1 || (v11 && hosts == 0) {
@@ -873,11 +895,6 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
             s.buf = BytesMut::new();
         }
     }
-}
-
-/// The listening sockets and threads of the own server.
-pub struct Listeners {
-    pub sockets: Vec<std::net::TcpListener>,
 }
 
 /// Binds `addr` like nginx (SO_REUSEADDR, backlog 511; `ipv6only` for `[::]`
