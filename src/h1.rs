@@ -17,7 +17,8 @@
 //! "Request Header Or Cookie Too Large" for a header line over 8 KiB or a
 //! header over 32 KiB, 501 for a
 //! transfer coding other than chunked; `client_header_timeout` 60 s and
-//! `keepalive_timeout` 75 s (nginx's defaults); `send_timeout` 60 s.
+//! `keepalive_timeout` 75 s (nginx's defaults); `send_timeout` 60 s;
+//! lingering close (`lingering_time` 30 s, `lingering_timeout` 5 s).
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -41,6 +42,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// nginx `send_timeout`.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx `lingering_time`: the longest a closing connection reads (and
+/// drops) what the client still sends.
+const LINGERING_TIME: Duration = Duration::from_secs(30);
+/// nginx `lingering_timeout`: the longest wait for more of it.
+const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request line (nginx: `large_client_header_buffers 4 8k`).
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// The largest request header.
@@ -875,7 +881,9 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
             Err(Refuse::Close) => return,
             Err(Refuse::Status(code, detail)) => {
                 let page = refusal(code, detail);
-                let _ = s.write_parts(&[&page]).await;
+                if s.write_parts(&[&page]).await.is_ok() {
+                    linger(s).await;
+                }
                 return;
             }
         }
@@ -885,6 +893,12 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
         }
         let ok = app.serve(&mut s, &mut conn).await;
         if !ok || !s.response_complete() || !s.keepalive || !s.is_body_done() {
+            if ok
+                && s.response_complete()
+                && (s.out.is_empty() || s.flush_with(&[], &[]).await.is_ok())
+            {
+                linger(s).await;
+            }
             return;
         }
         if !s.out.is_empty() && s.flush_with(&[], &[]).await.is_err() {
@@ -893,6 +907,36 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
         // Large idle buffers are given back.
         if s.buf.is_empty() && s.buf.capacity() > 4 * READ_SIZE {
             s.buf = BytesMut::new();
+        }
+    }
+}
+
+/// Closes a connection after its last response like nginx's
+/// `lingering_close on`: when the client may still be sending (an unread
+/// request body, pipelined requests), the write side is shut first and what
+/// arrives is read and dropped until the client closes, for at most
+/// `lingering_time` (5 s without data ends it sooner). Closing a socket with
+/// unread data makes the kernel send a reset, which discards the response
+/// the client has not read yet: a 413 or a 502 during an upload would reach
+/// the client as "connection reset" instead of its diagnosis.
+async fn linger(mut s: H1Session) {
+    let pending = !s.buf.is_empty() || !s.is_body_done() || {
+        let mut probe = [0u8; 1];
+        // Ready data, or an EOF (Ok(0)) that needs no lingering.
+        matches!(s.stream.try_read(&mut probe), Ok(n) if n > 0)
+    };
+    if !pending || s.stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + LINGERING_TIME;
+    let mut buf = vec![0u8; READ_SIZE];
+    loop {
+        let wait = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(LINGERING_TIMEOUT);
+        match tokio::time::timeout(wait, s.stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 && !STOPPING.load(Ordering::Relaxed) => {}
+            _ => return,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::harness::{www, Proxy};
 use crate::header::with_php;
 use crate::support;
 
@@ -205,4 +206,47 @@ fn request_body_longer_than_its_length_starts_the_next_request() {
     let all = read_to_close(&mut s);
     assert!(all.contains("len=3 "), "{all}");
     assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+}
+
+/// Sends a POST header announcing `len` bytes, then the body in 64 KiB
+/// writes; returns the first write error, if any.
+fn send_upload(s: &mut TcpStream, path: &str, len: usize) -> Option<std::io::Error> {
+    let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).expect("header");
+    let piece = vec![b'x'; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(piece.len());
+        if let Err(e) = s.write_all(&piece[..n]) {
+            return Some(e);
+        }
+        left -= n;
+    }
+    None
+}
+
+/// An answer before the request body was read (413 for a body over
+/// `client_max_body_size`, a 502 whose socket is missing) closes like
+/// nginx's `lingering_close`: the rest of the upload is read and dropped,
+/// so the client is not reset in mid-upload and reads the answer. (Closing
+/// with unread data sends a reset, which also discards an unread response.)
+#[test]
+fn early_answers_to_an_upload_linger_instead_of_resetting() {
+    let dir = support::temp_dir();
+    let dead = format!("unix:{}", dir.path().join("gone.sock").display());
+    let p = Proxy::flags(dir.path(), &["--fastcgi", &dead, "--root", &www()]);
+    // 20 MB against the default 1 MiB limit: 413.
+    let mut s = connect(&p.addr);
+    let e = send_upload(&mut s, "/echo.php", 20 << 20);
+    assert!(e.is_none(), "reset during the upload: {e:?}");
+    let all = read_to_close(&mut s);
+    assert!(all.starts_with("HTTP/1.1 413 "), "{all}");
+    // Within the limit, to a missing socket: the 502 comes before the body
+    // is read.
+    let mut s = connect(&p.addr);
+    let e = send_upload(&mut s, "/echo.php", 1 << 20);
+    assert!(e.is_none(), "reset during the upload: {e:?}");
+    let all = read_to_close(&mut s);
+    assert!(all.starts_with("HTTP/1.1 502 "), "{all}");
+    assert!(all.contains("connect.socket_missing"), "{all}");
 }
