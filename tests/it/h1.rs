@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::harness::{www, Proxy};
@@ -18,8 +19,12 @@ fn connect(addr: &str) -> TcpStream {
     s
 }
 
-/// Everything the server sends until it closes the connection.
-fn read_to_close(s: &mut TcpStream) -> String {
+/// Everything the server sends until it closes the connection. A read that
+/// times out panics with the state of the test's servers (their sockets,
+/// the proxy's logs, PHP-FPM's log): a hang seen a few times under a loaded
+/// machine could not be reproduced with instrumentation, so a recurrence
+/// carries its own evidence.
+fn read_to_close(s: &mut TcpStream, p: &Proxy, dir: &Path) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 16384];
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -27,10 +32,42 @@ fn read_to_close(s: &mut TcpStream) -> String {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&out)),
+            Err(e) => panic!(
+                "read: {e} after {:?}\n{}",
+                String::from_utf8_lossy(&out),
+                servers_state(p, dir)
+            ),
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The sockets of the proxy's port and of `dir`, and every log in `dir`.
+fn servers_state(p: &Proxy, dir: &Path) -> String {
+    let port = p.addr.rsplit(':').next().unwrap_or_default();
+    let script = format!(
+        "ss -tanpi | grep -A1 ':{port} '; ss -xap | grep '{}'",
+        dir.display()
+    );
+    let ss = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ss: {e}"));
+    let mut state = format!("sockets:\n{ss}");
+    // The proxy's error log and events are `*.log` in `dir`, as is PHP-FPM's.
+    let mut logs = vec![p.stderr.clone()];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        logs.extend(
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.extension().is_some_and(|x| x == "log")),
+        );
+    }
+    for f in logs {
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| format!("({e})"));
+        state.push_str(&format!("--- {}:\n{text}\n", f.display()));
+    }
+    state
 }
 
 fn response(s: &mut TcpStream) -> support::HttpResponse {
@@ -59,7 +96,7 @@ fn keep_alive_and_pipelining() {
           GET /hello.php?c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .expect("write");
-    let all = read_to_close(&mut s);
+    let all = read_to_close(&mut s, &p, dir.path());
     let statuses: Vec<&str> = all
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &all[i + 9..i + 12])
@@ -126,7 +163,7 @@ fn http10_closes_unless_asked_to_keep_alive() {
     assert_eq!(r.header("Connection"), Some("keep-alive"), "{r:?}");
     s.write_all(b"GET /hello.php HTTP/1.0\r\n\r\n")
         .expect("write");
-    let all = read_to_close(&mut s);
+    let all = read_to_close(&mut s, &p, dir.path());
     assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
     assert!(all.contains("\r\nConnection: close\r\n"), "{all}");
 }
@@ -183,7 +220,7 @@ fn malformed_requests_get_nginx_statuses() {
     for (name, raw, status) in cases {
         let mut s = connect(&p.addr);
         s.write_all(raw.as_bytes()).expect("write");
-        let all = read_to_close(&mut s);
+        let all = read_to_close(&mut s, &p, dir.path());
         assert!(
             all.starts_with(&format!("HTTP/1.1 {status} ")),
             "{name}: {all}"
@@ -203,7 +240,7 @@ fn request_body_longer_than_its_length_starts_the_next_request() {
           GET /hello.php HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .expect("write");
-    let all = read_to_close(&mut s);
+    let all = read_to_close(&mut s, &p, dir.path());
     assert!(all.contains("len=3 "), "{all}");
     assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
 }
@@ -239,14 +276,14 @@ fn early_answers_to_an_upload_linger_instead_of_resetting() {
     let mut s = connect(&p.addr);
     let e = send_upload(&mut s, "/echo.php", 20 << 20);
     assert!(e.is_none(), "reset during the upload: {e:?}");
-    let all = read_to_close(&mut s);
+    let all = read_to_close(&mut s, &p, dir.path());
     assert!(all.starts_with("HTTP/1.1 413 "), "{all}");
     // Within the limit, to a missing socket: the 502 comes before the body
     // is read.
     let mut s = connect(&p.addr);
     let e = send_upload(&mut s, "/echo.php", 1 << 20);
     assert!(e.is_none(), "reset during the upload: {e:?}");
-    let all = read_to_close(&mut s);
+    let all = read_to_close(&mut s, &p, dir.path());
     assert!(all.starts_with("HTTP/1.1 502 "), "{all}");
     assert!(all.contains("connect.socket_missing"), "{all}");
 }
