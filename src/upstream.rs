@@ -211,29 +211,48 @@ fn errno_text_uncached(e: &io::Error) -> String {
 ///
 /// A dead socket fails every request, so the directory listing is kept and
 /// reused while the directory's mtime (which changes whenever an entry is
-/// created, removed or renamed) stays the same: one stat() per failure
-/// instead of opendir/getdents/close, with the same answer.
+/// created, removed or renamed) stays the same, and the mtime itself is
+/// looked at once a second at most: under a stream of 502s, no system call
+/// per failure, and a hint at most a second old.
 fn sibling_sockets(path: &Path) -> Vec<String> {
-    type Listing = (std::path::PathBuf, std::time::SystemTime, Vec<String>);
+    struct Listing {
+        dir: std::path::PathBuf,
+        mtime: std::time::SystemTime,
+        checked: Instant,
+        sockets: Vec<String>,
+    }
     static LAST: Mutex<Option<Listing>> = Mutex::new(None);
     let Some(dir) = path.parent() else {
         return Vec::new();
     };
-    let Ok(mtime) = std::fs::metadata(dir).and_then(|m| m.modified()) else {
-        return list_sockets(dir);
-    };
     if let Ok(last) = LAST.lock() {
-        if let Some((d, t, v)) = last.as_ref() {
-            if d == dir && *t == mtime {
-                return v.clone();
+        if let Some(l) = last.as_ref() {
+            if l.dir == dir && l.checked.elapsed() < Duration::from_secs(1) {
+                return l.sockets.clone();
             }
         }
     }
-    let v = list_sockets(dir);
+    let Ok(mtime) = std::fs::metadata(dir).and_then(|m| m.modified()) else {
+        return list_sockets(dir);
+    };
     if let Ok(mut last) = LAST.lock() {
-        *last = Some((dir.to_path_buf(), mtime, v.clone()));
+        if let Some(l) = last.as_mut() {
+            if l.dir == dir && l.mtime == mtime {
+                l.checked = Instant::now();
+                return l.sockets.clone();
+            }
+        }
     }
-    v
+    let sockets = list_sockets(dir);
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some(Listing {
+            dir: dir.to_path_buf(),
+            mtime,
+            checked: Instant::now(),
+            sockets: sockets.clone(),
+        });
+    }
+    sockets
 }
 
 fn list_sockets(dir: &Path) -> Vec<String> {
