@@ -921,9 +921,11 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
 /// the client as "connection reset" instead of its diagnosis.
 async fn linger(mut s: H1Session) {
     let pending = !s.buf.is_empty() || !s.is_body_done() || {
-        let mut probe = [0u8; 1];
-        // Ready data, or an EOF (Ok(0)) that needs no lingering.
-        matches!(s.stream.try_read(&mut probe), Ok(n) if n > 0)
+        // Data waiting in the socket (an EOF, Ok(0), needs no lingering).
+        // A peek asks the kernel: tokio's `try_read` would answer from the
+        // readiness it has seen, and miss data that arrived since.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(&s.stream).peek(&mut probe), Ok(n) if n > 0)
     };
     if !pending || s.stream.shutdown().await.is_err() {
         return;

@@ -6,10 +6,10 @@
 //! [`ProxyHttp`] implementation below (TLS, HTTP/2, HTTP backends).
 //!
 //! On Pingora, FastCGI and static responses are written from
-//! `request_filter` (Pingora's upstream machinery is HTTP-only). A failure after the response header was
-//! sent returns an error from `request_filter`: Pingora then drops the
-//! downstream connection without the chunked terminator, so the client can
-//! tell the body is truncated.
+//! `request_filter` (Pingora's upstream machinery is HTTP-only). A failure
+//! after the response header was sent returns an error from
+//! `request_filter`: Pingora then drops the downstream connection without
+//! the chunked terminator, so the client can tell the body is truncated.
 
 pub mod access;
 pub mod downstream;

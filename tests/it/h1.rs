@@ -23,7 +23,7 @@ fn connect(addr: &str) -> TcpStream {
 ///
 /// A few times under a loaded machine (3 of about 13 full-suite runs here,
 /// once in CI), a response on a keep-alive connection came about 10 s
-/// late, and not once in 130 runs since, with or without instrumentation.
+/// late, and not once in over 140 runs since, with or without instrumentation.
 /// So a read waits up to 30 s (a hang still fails the test), and a read
 /// that took over 5 s appends the state of the test's servers (sockets,
 /// logs) to `target/tmp/slow-responses.log`, which `.ci/run` prints; a read
