@@ -362,7 +362,16 @@ impl H1Session {
             out.extend_from_slice(r.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        h.header_to_h1_wire(out);
+        if h.has_case() {
+            h.header_to_h1_wire(out);
+        } else {
+            for (name, value) in h.headers.iter() {
+                put_title(out, name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
         out.extend_from_slice(b"\r\n");
         self.body_out = mode;
         self.resp = Some(h);
@@ -483,6 +492,9 @@ impl Downstream for H1Session {
     fn is_tls(&self) -> bool {
         false
     }
+    fn titles_header_names(&self) -> bool {
+        true
+    }
     fn is_http2(&self) -> bool {
         false
     }
@@ -523,6 +535,38 @@ impl Downstream for H1Session {
     fn raw_request_header(&self) -> Bytes {
         self.raw.clone()
     }
+}
+
+/// Writes a header name as it is usually capitalised (`ETag`,
+/// `Content-Type`, `Why502-Cause`): for headers built without a case map.
+fn put_title(out: &mut Vec<u8>, name: &http::HeaderName) {
+    match known_title(name) {
+        Some(t) => out.extend_from_slice(t.as_bytes()),
+        None => {
+            let mut up = true;
+            for &b in name.as_str().as_bytes() {
+                out.push(if up { b.to_ascii_uppercase() } else { b });
+                up = b == b'-';
+            }
+        }
+    }
+}
+
+/// The names [`put_title`] does not capitalise word by word.
+fn known_title(name: &http::HeaderName) -> Option<&'static str> {
+    use http::header as h;
+    match *name {
+        h::ETAG => Some("ETag"),
+        h::WWW_AUTHENTICATE => Some("WWW-Authenticate"),
+        _ => None,
+    }
+}
+
+/// A header name as [`put_title`] writes it.
+pub fn title(name: &http::HeaderName) -> String {
+    let mut v = Vec::with_capacity(name.as_str().len());
+    put_title(&mut v, name);
+    String::from_utf8(v).unwrap_or_default()
 }
 
 fn find_crlf(b: &[u8]) -> Option<usize> {
@@ -750,14 +794,18 @@ fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Resul
     if path.len() > MAX_REQUEST_LINE {
         return Err(Refuse::Status(414, ""));
     }
-    let mut h = RequestHeader::build_no_case(method, path, Some(head.count))
-        .map_err(|_| Refuse::Status(400, ""))?;
+    // Built from `http` parts: no case map (HTTP/1 header names are case
+    // insensitive, and FastCGI upper-cases them), each name parsed once.
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method =
+        http::Method::from_bytes(method.as_bytes()).map_err(|_| Refuse::Status(400, ""))?;
     let v11 = head.v11;
-    h.set_version(if v11 {
+    parts.version = if v11 {
         http::Version::HTTP_11
     } else {
         http::Version::HTTP_10
-    });
+    };
+    let mut headers = http::HeaderMap::with_capacity(head.count);
     let mut hosts = 0;
     let mut lengths: Option<u64> = None;
     let mut chunked = false;
@@ -799,9 +847,13 @@ fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Resul
         } else if name == http::header::EXPECT {
             expect = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
-        h.append_header(name, hv)
+        headers
+            .try_append(name, hv)
             .map_err(|_| Refuse::Status(400, ""))?;
     }
+    parts.headers = headers;
+    let mut h = RequestHeader::from(parts);
+    h.set_raw_path(path).map_err(|_| Refuse::Status(400, ""))?;
     if hosts > 1 || (v11 && hosts == 0) {
         return Err(bad);
     }

@@ -84,7 +84,7 @@ pub struct RequestSummary {
     pub client_addr: String,
     pub method: String,
     pub uri: String,
-    pub protocol: String,
+    pub protocol: &'static str,
     pub host: Option<String>,
     pub server_name: String,
     /// `fastcgi://unix:/path:` or `fastcgi://127.0.0.1:9000` (nginx style), empty if none.

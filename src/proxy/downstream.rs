@@ -24,6 +24,12 @@ pub trait Downstream: Send {
     fn is_tls(&self) -> bool;
     /// The request came over HTTP/2.
     fn is_http2(&self) -> bool;
+    /// Response headers built without their names' case
+    /// (`ResponseHeader::build_no_case`, or from `http` parts) still go out
+    /// with the usual capitalisation (`ETag`, `Last-Modified`). Such a
+    /// header is cheaper to build; one with names from configuration or an
+    /// upstream must keep its case map.
+    fn titles_header_names(&self) -> bool;
     /// The whole request body has been read (or there is none).
     fn is_body_done(&mut self) -> bool;
     /// The next piece of the request body; `None` at its end.
@@ -56,6 +62,39 @@ pub trait Downstream: Send {
     fn raw_request_header(&self) -> Bytes;
 }
 
+/// A response header with headers whose names why502 sets itself (not
+/// from configuration or an upstream). `titled`: built without a case map,
+/// for a session that writes the usual capitalisation itself
+/// ([`Downstream::titles_header_names`]) and headers that will not get
+/// names from configuration: no name is parsed twice or stored twice.
+pub fn response_header(
+    titled: bool,
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+) -> ResponseHeader {
+    if titled {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.headers = headers;
+        return ResponseHeader::from(parts);
+    }
+    let mut h = match ResponseHeader::build(status, Some(headers.len())) {
+        Ok(h) => h,
+        Err(_) => ResponseHeader::from(http::Response::new(()).into_parts().0),
+    };
+    let mut last = None;
+    for (name, value) in headers {
+        // `None`: another value of the previous name
+        if let Some(n) = name {
+            last = Some(crate::h1::title(&n));
+        }
+        if let Some(n) = &last {
+            let _ = h.append_header(n.clone(), value);
+        }
+    }
+    h
+}
+
 fn inet(a: Option<&pingora_core::protocols::l4::socket::SocketAddr>) -> Option<SocketAddr> {
     a.and_then(|a| a.as_inet()).copied()
 }
@@ -74,6 +113,11 @@ impl Downstream for pingora_proxy::Session {
         self.digest().and_then(|d| d.ssl_digest.as_ref()).is_some()
     }
     fn is_http2(&self) -> bool {
+        self.as_downstream().is_http2()
+    }
+    fn titles_header_names(&self) -> bool {
+        // Pingora's HTTP/1 writer titles only a few names; HTTP/2 sends
+        // every name in lower case anyway.
         self.as_downstream().is_http2()
     }
     fn is_body_done(&mut self) -> bool {

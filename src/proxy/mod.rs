@@ -368,8 +368,7 @@ impl Why502 {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_2 => "HTTP/2.0",
             _ => "HTTP/1.1",
-        }
-        .to_string();
+        };
         s.host = req
             .headers
             .get(http::header::HOST)
@@ -417,8 +416,7 @@ impl Why502 {
         rt.access.enter_server(ctx, si);
         ctx.summary.errlog = rt.server_errlogs.get(si).cloned().flatten();
 
-        let raw_path = session.req_header().uri.path().to_string();
-        let Some(uri) = route::normalize_path(&raw_path) else {
+        let Some(uri) = route::normalize_path(session.req_header().uri.path()) else {
             return self.respond_status(session, ctx, 400).await;
         };
         let content_length = session
@@ -443,8 +441,15 @@ impl Why502 {
             let code: u16 = 'status: {
                 // server-level rewrite phase
                 if named.is_none() && !skip_server_rewrites && !server.rewrites.is_empty() {
-                    let root = server.root.clone();
-                    match self.run_script(session, ctx, server, &server.rewrites, &root, None, st) {
+                    match self.run_script(
+                        session,
+                        ctx,
+                        server,
+                        &server.rewrites,
+                        &server.root,
+                        None,
+                        st,
+                    ) {
                         ScriptEnd::Done { .. } | ScriptEnd::Last | ScriptEnd::Break => {}
                         ScriptEnd::Redirect(c, l) => {
                             return self.respond_redirect(session, ctx, server, c, &l).await
@@ -481,7 +486,7 @@ impl Why502 {
                 };
                 status_loc = Some(loc);
                 rt.access.enter_location(ctx, status_loc);
-                let root = loc.root.clone().unwrap_or_else(|| server.root.clone());
+                let root: &std::path::Path = loc.root.as_deref().unwrap_or(&server.root);
                 {
                     let vars = ReqVars::new(
                         rt,
@@ -711,29 +716,41 @@ impl Why502 {
                     }
                 }
                 let path = route::file_path(&root, loc, &uri, &vars);
-                let https = vars.https;
-                let host = vars.header("host").map(|_| vars.host().into_owned());
-                let local = vars.local;
                 drop(vars);
-                let dir_location = {
-                    let l = match &args {
-                        Some(a) if !a.is_empty() => format!("{uri}/?{a}"),
-                        _ => format!("{uri}/"),
-                    };
-                    if server.absolute_redirect {
-                        route::absolute_location(&l, https, host.as_deref(), local)
-                    } else {
-                        l
-                    }
-                };
                 let opts = static_files::StaticOpts {
                     content_type: route::content_type(loc, &uri, &path),
-                    dir_location,
                     status: st.status_override,
                 };
                 match static_files::serve(self, session, ctx, &path, &opts).await? {
-                    None => return Ok(()),
-                    Some(c) => break 'status c,
+                    static_files::Served::Done => return Ok(()),
+                    static_files::Served::Status(c) => break 'status c,
+                    static_files::Served::Directory => {
+                        let vars = ReqVars::new(
+                            rt,
+                            session,
+                            ctx,
+                            server,
+                            &uri,
+                            args.as_deref(),
+                            &root,
+                            st.captures.clone(),
+                            None,
+                        );
+                        let https = vars.https;
+                        let host = vars.header("host").map(|_| vars.host().into_owned());
+                        let local = vars.local;
+                        drop(vars);
+                        let l = match &args {
+                            Some(a) if !a.is_empty() => format!("{uri}/?{a}"),
+                            _ => format!("{uri}/"),
+                        };
+                        let l = if server.absolute_redirect {
+                            route::absolute_location(&l, https, host.as_deref(), local)
+                        } else {
+                            l
+                        };
+                        return static_files::redirect_to_dir(self, session, ctx, &l).await;
+                    }
                 }
             };
             // Finish with `code`: an error_page of the location, or nginx's page.
@@ -922,10 +939,10 @@ impl Why502 {
             Some(t) => {
                 let ctype = match &loc.types {
                     Some(_) => route::content_type(loc, uri, std::path::Path::new(uri)),
-                    None => "text/plain".to_string(),
+                    None => "text/plain".into(),
                 };
                 let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
-                let _ = h.insert_header(http::header::CONTENT_TYPE, ctype);
+                let _ = h.insert_header(http::header::CONTENT_TYPE, ctype.as_ref());
                 let _ = h.insert_header(http::header::CONTENT_LENGTH, t.len().to_string());
                 ctx.summary.status = code;
                 self.decorate_response(ctx, &mut h);

@@ -2,6 +2,7 @@
 //! the local address then Host, location matching with nginx's precedence,
 //! `try_files`, `index`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,11 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     if bytes.first() != Some(&b'/') {
         return None;
     }
+    // Already normal (the common case): no escapes, no empty, `.` or `..`
+    // segments.
+    if !bytes.contains(&b'%') && !raw.contains("//") && !raw.contains("/.") {
+        return Some(raw.to_string());
+    }
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -170,8 +176,13 @@ pub fn select_server_index(
             .rsplit_once(':')
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
             .map(|(h, _)| h)
-            .unwrap_or(h);
-        h.trim_end_matches('.').to_ascii_lowercase()
+            .unwrap_or(h)
+            .trim_end_matches('.');
+        if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(h.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(h)
+        }
     });
     let cands = || {
         candidates
@@ -293,11 +304,18 @@ fn find_level<'a>(
     if !noregex {
         for l in locations {
             if let Match::Regex { re, .. } = &l.matcher {
-                if let Some(c) = re.captures(uri) {
-                    let captures = c
-                        .iter()
-                        .map(|m| m.map(|m| m.as_str().to_string()))
-                        .collect();
+                // Captures only for a regex with groups (they cost an
+                // allocation even when the regex does not match).
+                let captures: Option<Vec<Option<String>>> = if re.captures_len() > 1 {
+                    re.captures(uri).map(|c| {
+                        c.iter()
+                            .map(|m| m.map(|m| m.as_str().to_string()))
+                            .collect()
+                    })
+                } else {
+                    re.find(uri).map(|m| vec![Some(m.as_str().to_string())])
+                };
+                if let Some(captures) = captures {
                     *current = Some(Matched { loc: l, captures });
                     let caps = current.as_ref().map(|m| m.captures.clone());
                     find_level(&l.locations, uri, current);
@@ -333,7 +351,8 @@ pub fn file_path(root: &Path, loc: &Location, uri: &str, vars: &dyn Vars) -> Pat
         };
         return PathBuf::from(format!("{a}{rest}"));
     }
-    let mut s = root.as_os_str().to_os_string();
+    let mut s = std::ffi::OsString::with_capacity(root.as_os_str().len() + uri.len());
+    s.push(root.as_os_str());
     s.push(uri);
     PathBuf::from(s)
 }
@@ -567,16 +586,22 @@ pub fn access_allowed(loc: &Location, client: Option<std::net::IpAddr>) -> bool 
 /// Content type for `uri` with the location's `types`/`default_type`
 /// (nginx: by the URI's extension, lower-cased); the YAML front end guesses
 /// from the file name.
-pub fn content_type(loc: &Location, uri: &str, path: &Path) -> String {
+pub fn content_type<'a>(loc: &'a Location, uri: &str, path: &Path) -> Cow<'a, str> {
     match &loc.types {
         Some(types) => {
             let name = uri.rsplit('/').next().unwrap_or("");
-            let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-            ext.and_then(|e| types.get(&e).cloned())
-                .or_else(|| loc.default_type.clone())
-                .unwrap_or_else(|| "text/plain".into())
+            let ext = name.rsplit_once('.').map(|(_, e)| {
+                if e.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(e.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(e)
+                }
+            });
+            ext.and_then(|e| types.get(e.as_ref()))
+                .or(loc.default_type.as_ref())
+                .map_or(Cow::Borrowed("text/plain"), |t| Cow::Borrowed(t.as_str()))
         }
-        None => super::static_files::content_type(path),
+        None => Cow::Borrowed(super::static_files::content_type(path)),
     }
 }
 

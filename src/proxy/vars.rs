@@ -20,7 +20,7 @@ pub struct ReqVars<'a> {
     pub args: Option<&'a str>,
     pub root: &'a Path,
     pub captures: Vec<Option<String>>,
-    pub script_name: String,
+    pub script_name: Cow<'a, str>,
     pub path_info: String,
     pub server_name: &'a str,
     pub hostname: &'a str,
@@ -49,18 +49,19 @@ impl<'a> ReqVars<'a> {
         captures: Vec<Option<String>>,
         fc: Option<&FastCgi>,
     ) -> ReqVars<'a> {
-        let mut script_name = uri.to_string();
+        let mut script_name = Cow::Borrowed(uri);
         let mut path_info = String::new();
         if let Some(fc) = fc {
             if let Some(re) = &fc.split_path_info {
                 if let Some(c) = re.captures(uri) {
-                    script_name = c.get(1).map(|m| m.as_str().to_string()).unwrap_or_default();
+                    script_name =
+                        Cow::Owned(c.get(1).map(|m| m.as_str().to_string()).unwrap_or_default());
                     path_info = c.get(2).map(|m| m.as_str().to_string()).unwrap_or_default();
                 }
             }
             if script_name.ends_with('/') {
                 if let Some(i) = &fc.index {
-                    script_name.push_str(i);
+                    script_name.to_mut().push_str(i);
                 }
             }
         }
