@@ -573,7 +573,7 @@ mod tests {
             client_addr: "127.0.0.1".into(),
             method: "GET".into(),
             uri: "/x.php".into(),
-            protocol: "HTTP/1.1".into(),
+            protocol: "HTTP/1.1",
             host: Some("example.test".into()),
             server_name: "example.test".into(),
             upstream: "fastcgi://unix:/run/php/php8.2-fpm.sock:".into(),

@@ -495,7 +495,7 @@ impl Why502 {
                         server,
                         &st.uri,
                         st.args.as_deref(),
-                        &root,
+                        root,
                         st.captures.clone(),
                         loc.fastcgi.as_deref(),
                     );
@@ -525,7 +525,7 @@ impl Why502 {
                     ctx,
                     server,
                     &loc.script,
-                    &root,
+                    root,
                     loc.fastcgi.as_deref(),
                     st,
                 ) {
@@ -556,7 +556,7 @@ impl Why502 {
                         server,
                         &st.uri,
                         st.args.as_deref(),
-                        &root,
+                        root,
                         st.captures.clone(),
                         None,
                     );
@@ -582,11 +582,11 @@ impl Why502 {
                         server,
                         &st.uri,
                         st.args.as_deref(),
-                        &root,
+                        root,
                         st.captures.clone(),
                         loc.fastcgi.as_deref(),
                     );
-                    let tried = route::try_files(tf, &root, loc, &vars);
+                    let tried = route::try_files(tf, root, loc, &vars);
                     drop(vars);
                     match tried {
                         // nginx continues in this location with the file's URI
@@ -620,7 +620,7 @@ impl Why502 {
                         server,
                         &uri,
                         args.as_deref(),
-                        &root,
+                        root,
                         captures,
                         None,
                     );
@@ -667,7 +667,7 @@ impl Why502 {
                         server,
                         &uri,
                         args.as_deref(),
-                        &root,
+                        root,
                         captures,
                         Some(fc),
                     );
@@ -682,14 +682,14 @@ impl Why502 {
                     server,
                     &uri,
                     args.as_deref(),
-                    &root,
+                    root,
                     captures,
                     None,
                 );
                 // static: the index module for directories
                 if uri.ends_with('/') {
                     let index = loc.index.as_ref().unwrap_or(&server.index);
-                    let dir = route::file_path(&root, loc, &uri, &vars);
+                    let dir = route::file_path(root, loc, &uri, &vars);
                     let mut found = None;
                     for name in index {
                         if name.starts_with('/') || dir.join(name).is_file() {
@@ -715,7 +715,7 @@ impl Why502 {
                         None => break 'status if dir.is_dir() { 403 } else { 404 },
                     }
                 }
-                let path = route::file_path(&root, loc, &uri, &vars);
+                let path = route::file_path(root, loc, &uri, &vars);
                 drop(vars);
                 let opts = static_files::StaticOpts {
                     content_type: route::content_type(loc, &uri, &path),
@@ -732,7 +732,7 @@ impl Why502 {
                             server,
                             &uri,
                             args.as_deref(),
-                            &root,
+                            root,
                             st.captures.clone(),
                             None,
                         );
