@@ -1191,6 +1191,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn header_names_without_case_are_titled() {
+        for (n, t) in [
+            (http::header::ETAG, "ETag"),
+            (http::header::CONTENT_TYPE, "Content-Type"),
+            (http::header::LAST_MODIFIED, "Last-Modified"),
+            (http::header::WWW_AUTHENTICATE, "WWW-Authenticate"),
+            (
+                http::HeaderName::from_static("why502-cause"),
+                "Why502-Cause",
+            ),
+            (
+                http::HeaderName::from_static("proxy-status"),
+                "Proxy-Status",
+            ),
+        ] {
+            assert_eq!(title(&n), t);
+        }
+    }
+
+    #[test]
     fn chunk_size_lines() {
         let mut b = [0u8; 18];
         let n = chunk_size_line(0x1a2b, &mut b);

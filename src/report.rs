@@ -407,6 +407,120 @@ pub fn proxy_status(f: &Failure, next_hop: &str, trusted: bool) -> String {
     v
 }
 
+thread_local! {
+    /// The last failure page rendered on this thread.
+    static LAST_PAGE: std::cell::RefCell<Option<LastPage>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A rendered page up to its request id, and what it was rendered from.
+struct LastPage {
+    cause: Cause,
+    upstream_status: Option<u16>,
+    trusted: bool,
+    details: String,
+    extra_hint: Option<String>,
+    stderr: String,
+    next_hop: String,
+    head: String,
+    proxy_status: String,
+}
+
+impl LastPage {
+    fn is_for(&self, f: &Failure, req: &RequestSummary, trusted: bool) -> bool {
+        self.cause == f.cause
+            && self.upstream_status == f.upstream_status
+            && self.trusted == trusted
+            && self.details == f.details
+            && self.extra_hint == f.extra_hint
+            && self.stderr == req.stderr_excerpt
+            && self.next_hop == req.next_hop
+    }
+}
+
+/// Calls `use_it` with the page and Proxy-Status for failure `f`: the last
+/// ones rendered on this thread if they were for the same failure.
+fn with_last_page<R>(
+    f: &Failure,
+    req: &RequestSummary,
+    trusted: bool,
+    use_it: impl FnOnce(&LastPage) -> R,
+) -> R {
+    LAST_PAGE.with_borrow_mut(|last| {
+        let page = match last {
+            Some(p) if p.is_for(f, req, trusted) => p,
+            _ => {
+                let status = f.status();
+                let code = f.cause.info().code;
+                last.insert(LastPage {
+                    cause: f.cause,
+                    upstream_status: f.upstream_status,
+                    trusted,
+                    details: f.details.clone(),
+                    extra_hint: f.extra_hint.clone(),
+                    stderr: req.stderr_excerpt.clone(),
+                    next_hop: req.next_hop.clone(),
+                    head: page_head(status, reason_phrase(status), code, f, req, trusted),
+                    proxy_status: proxy_status(f, &req.next_hop, trusted),
+                })
+            }
+        };
+        use_it(page)
+    })
+}
+
+/// The failure page up to the request id.
+fn page_head(
+    status: u16,
+    reason: &str,
+    code: &str,
+    f: &Failure,
+    req: &RequestSummary,
+    trusted: bool,
+) -> String {
+    let mut body = String::with_capacity(4096);
+    let _ = write!(
+        body,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status} {reason}</title>\n\
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:46em;margin:3em auto;padding:0 1em;color:#222}}\
+code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.6em;white-space:pre-wrap;word-break:break-all}}\
+.cause{{font-size:1.2em}}.muted{{color:#666;font-size:.9em}}</style></head>\n<body>\n<h1>{status} {reason}</h1>\n\
+<p class=\"cause\">Cause: <code id=\"cause\">{code}</code></p>\n"
+    );
+    if trusted {
+        body.push_str(escaped_text(f.cause));
+        if let Some(h) = &f.extra_hint {
+            let _ = writeln!(
+                body,
+                "<p id=\"extra-hint\"><strong>Here:</strong> {}</p>",
+                html_escape(h)
+            );
+        }
+        if !f.details.is_empty() {
+            let _ = writeln!(
+                body,
+                "<p>Details:</p><pre id=\"details\">{}</pre>",
+                html_escape(&f.details)
+            );
+        }
+        if !req.stderr_excerpt.is_empty() {
+            let _ = writeln!(
+                body,
+                "<p>PHP said (stderr):</p><pre id=\"stderr\">{}</pre>",
+                html_escape(&req.stderr_excerpt)
+            );
+        }
+        if !req.next_hop.is_empty() {
+            let _ = writeln!(
+                body,
+                "<p class=\"muted\">Upstream: <code>{}</code></p>",
+                html_escape(&req.next_hop)
+            );
+        }
+    }
+    body.push_str("<p class=\"muted\">Request id: <code id=\"request-id\">");
+    body
+}
+
 /// Renders the headers and error page for a failure answered by why502.
 pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json: bool) -> Rendered {
     let status = f.status();
@@ -418,10 +532,9 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
         headers.push((diag.request_id_header.clone(), req.request_id.clone()));
         headers.push((
             "Proxy-Status".to_string(),
-            proxy_status(f, &req.next_hop, trusted),
+            with_last_page(f, req, trusted, |p| p.proxy_status.clone()),
         ));
     }
-    let reason = reason_phrase(status);
     if !diag.enabled {
         // nginx's own page.
         let body = status_page(status, "");
@@ -460,53 +573,17 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
             body,
         };
     }
-    // The page is 2-3 KB: one allocation, no regrowth.
+    // The page up to the request id is the same for the same failure: a
+    // failing upstream fails the same way many times a second, so the last
+    // one is kept per thread and only the request id is written anew.
     let mut body = String::with_capacity(4096);
-    let _ = write!(
-        body,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status} {reason}</title>\n\
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:46em;margin:3em auto;padding:0 1em;color:#222}}\
-code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.6em;white-space:pre-wrap;word-break:break-all}}\
-.cause{{font-size:1.2em}}.muted{{color:#666;font-size:.9em}}</style></head>\n<body>\n<h1>{status} {reason}</h1>\n\
-<p class=\"cause\">Cause: <code id=\"cause\">{code}</code></p>\n",
-        code = info.code
-    );
-    if trusted {
-        body.push_str(escaped_text(f.cause));
-        if let Some(h) = &f.extra_hint {
-            let _ = writeln!(
-                body,
-                "<p id=\"extra-hint\"><strong>Here:</strong> {}</p>",
-                html_escape(h)
-            );
-        }
-        if !f.details.is_empty() {
-            let _ = writeln!(
-                body,
-                "<p>Details:</p><pre id=\"details\">{}</pre>",
-                html_escape(&f.details)
-            );
-        }
-        if !req.stderr_excerpt.is_empty() {
-            let _ = writeln!(
-                body,
-                "<p>PHP said (stderr):</p><pre id=\"stderr\">{}</pre>",
-                html_escape(&req.stderr_excerpt)
-            );
-        }
-        if !req.next_hop.is_empty() {
-            let _ = writeln!(
-                body,
-                "<p class=\"muted\">Upstream: <code>{}</code></p>",
-                html_escape(&req.next_hop)
-            );
-        }
+    with_last_page(f, req, trusted, |p| body.push_str(&p.head));
+    if req.request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        body.push_str(&req.request_id);
+    } else {
+        body.push_str(&html_escape(&req.request_id));
     }
-    let _ = write!(
-        body,
-        "<p class=\"muted\">Request id: <code id=\"request-id\">{}</code> &middot; why502</p>\n</body></html>\n",
-        html_escape(&req.request_id)
-    );
+    body.push_str("</code> &middot; why502</p>\n</body></html>\n");
     Rendered {
         status,
         headers,
@@ -626,6 +703,32 @@ mod tests {
         assert!(out.body.contains("secret"));
         let v: serde_json::Value = serde_json::from_str(&out.body).expect("json");
         assert_eq!(v["cause"], "connect.socket_missing");
+    }
+
+    #[test]
+    fn a_reused_page_is_the_page_rendered_anew() {
+        let d = Diagnostics::default();
+        let f = Failure::new(Cause::ConnectSocketMissing, "m", "first <details>");
+        let mut r = req();
+        let a = render(&d, &f, &r, false);
+        r.request_id = "def".into();
+        let b = render(&d, &f, &r, false);
+        assert_eq!(a.body.replace(">abc<", ">def<"), b.body);
+        assert!(b.body.contains("<code id=\"request-id\">def</code>"));
+        assert_eq!(a.headers[2], b.headers[2]);
+        // Anything the page shows makes it a new page.
+        let g = Failure::new(Cause::ConnectSocketMissing, "m", "second");
+        let c = render(&d, &g, &r, false);
+        assert!(c.body.contains("second") && !c.body.contains("first"));
+        assert!(c.headers[2].1.contains("second"));
+        r.client = "203.0.113.9".parse().ok();
+        let untrusted = render(&d, &g, &r, false);
+        assert!(!untrusted.body.contains("second"));
+        r.client = "127.0.0.1".parse().ok();
+        r.stderr_excerpt = "PHP Fatal error".into();
+        assert!(render(&d, &g, &r, false).body.contains("PHP Fatal error"));
+        r.request_id = "<x>".into();
+        assert!(render(&d, &g, &r, false).body.contains(">&lt;x&gt;<"));
     }
 
     #[test]

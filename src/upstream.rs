@@ -214,6 +214,10 @@ fn errno_text_uncached(e: &io::Error) -> String {
 /// created, removed or renamed) stays the same, and the mtime itself is
 /// looked at once a second at most: under a stream of 502s, no system call
 /// per failure, and a hint at most a second old.
+/// How long a directory listing for the sibling-socket hint, and a
+/// diagnosed connect failure, are reused.
+const SIBLING_TTL: Duration = Duration::from_secs(1);
+
 fn sibling_sockets(path: &Path) -> Vec<String> {
     struct Listing {
         dir: std::path::PathBuf,
@@ -227,7 +231,7 @@ fn sibling_sockets(path: &Path) -> Vec<String> {
     };
     if let Ok(last) = LAST.lock() {
         if let Some(l) = last.as_ref() {
-            if l.dir == dir && l.checked.elapsed() < Duration::from_secs(1) {
+            if l.dir == dir && l.checked.elapsed() < SIBLING_TTL {
                 return l.sockets.clone();
             }
         }
@@ -273,7 +277,30 @@ fn list_sockets(dir: &Path) -> Vec<String> {
 
 /// Classifies a connect error into a cause, with nginx's wording.
 pub fn connect_failure(addr: &Addr, e: &io::Error) -> Failure {
+    thread_local! {
+        /// The last connect failure diagnosed on this thread: an upstream
+        /// that is down fails the same way for every request.
+        static LAST: std::cell::RefCell<Option<(Addr, i32, Instant, Failure)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let errno = e.raw_os_error().unwrap_or(0);
+    let now = Instant::now();
+    LAST.with_borrow_mut(|last| match last {
+        // A second at most, like the sibling-socket hint it may carry.
+        Some((a, n, at, f))
+            if *n == errno && a == addr && now.duration_since(*at) < SIBLING_TTL =>
+        {
+            f.clone()
+        }
+        _ => {
+            let f = diagnose_connect(addr, e, errno);
+            *last = Some((addr.clone(), errno, now, f.clone()));
+            f
+        }
+    })
+}
+
+fn diagnose_connect(addr: &Addr, e: &io::Error, errno: i32) -> Failure {
     let peer = match addr {
         Addr::Unix(_) => format!(" to {addr}"),
         Addr::Tcp(_) => String::new(),

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
@@ -329,6 +330,17 @@ impl ProxyHttp for Why502 {
     ) {
         self.rt.access.reuse(ctx, prev);
     }
+}
+
+/// The diagnosis headers' default names (written titled, see
+/// `h1::put_title`).
+fn default_diag_name(name: &str) -> Option<http::HeaderName> {
+    Some(match name {
+        "Why502-Cause" => http::HeaderName::from_static("why502-cause"),
+        "Why502-Request-Id" => http::HeaderName::from_static("why502-request-id"),
+        "Proxy-Status" => http::HeaderName::from_static("proxy-status"),
+        _ => return None,
+    })
 }
 
 fn new_request_id(n: u64) -> String {
@@ -878,13 +890,38 @@ impl Why502 {
         if r.status == 499 {
             return Err(Abort);
         }
-        let mut h = ResponseHeader::build(r.status, Some(6)).map_err(|_| Abort)?;
-        let _ = h.insert_header(http::header::CONTENT_TYPE, r.content_type);
-        let _ = h.insert_header(http::header::CONTENT_LENGTH, r.body.len().to_string());
-        let _ = h.insert_header(http::header::CACHE_CONTROL, "no-store");
-        for (k, v) in r.headers {
-            let _ = h.append_header(k, v);
-        }
+        // The diagnosis headers under their default names need no case map
+        // (see `downstream::response_header`).
+        let titled = session.titles_header_names()
+            && ctx.add_headers.is_empty()
+            && r.headers
+                .iter()
+                .all(|(k, _)| default_diag_name(k).is_some());
+        let mut h = if titled {
+            use http::header as hn;
+            let mut m = http::HeaderMap::with_capacity(8);
+            m.insert(hn::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+            if let Ok(v) = HeaderValue::try_from(r.body.len().to_string()) {
+                m.insert(hn::CONTENT_LENGTH, v);
+            }
+            m.insert(hn::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            for (k, v) in r.headers {
+                if let (Some(n), Ok(v)) = (default_diag_name(&k), HeaderValue::try_from(v)) {
+                    m.append(n, v);
+                }
+            }
+            let code = http::StatusCode::from_u16(r.status).map_err(|_| Abort)?;
+            downstream::response_header(true, code, m)
+        } else {
+            let mut h = ResponseHeader::build(r.status, Some(6)).map_err(|_| Abort)?;
+            let _ = h.insert_header(http::header::CONTENT_TYPE, r.content_type);
+            let _ = h.insert_header(http::header::CONTENT_LENGTH, r.body.len().to_string());
+            let _ = h.insert_header(http::header::CACHE_CONTROL, "no-store");
+            for (k, v) in r.headers {
+                let _ = h.append_header(k, v);
+            }
+            h
+        };
         self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(r.body)).await
     }
