@@ -213,11 +213,8 @@ fn errno_text_uncached(e: &io::Error) -> String {
 /// reused while the directory's mtime (which changes whenever an entry is
 /// created, removed or renamed) stays the same, and the mtime itself is
 /// looked at once a second at most: under a stream of 502s, no system call
-/// per failure, and a hint at most a second old.
-/// How long a directory listing for the sibling-socket hint, and a
-/// diagnosed connect failure, are reused.
-const SIBLING_TTL: Duration = Duration::from_secs(1);
-
+/// per failure. With the reuse of the diagnosis in [`connect_failure`], the
+/// hint is at most about two seconds old.
 fn sibling_sockets(path: &Path) -> Vec<String> {
     struct Listing {
         dir: std::path::PathBuf,
@@ -275,6 +272,10 @@ fn list_sockets(dir: &Path) -> Vec<String> {
     out
 }
 
+/// How long a directory listing for the sibling-socket hint, and a
+/// diagnosed connect failure, are reused.
+const SIBLING_TTL: Duration = Duration::from_secs(1);
+
 /// Classifies a connect error into a cause, with nginx's wording.
 pub fn connect_failure(addr: &Addr, e: &io::Error) -> Failure {
     thread_local! {
@@ -287,8 +288,10 @@ pub fn connect_failure(addr: &Addr, e: &io::Error) -> Failure {
     let now = Instant::now();
     LAST.with_borrow_mut(|last| match last {
         // A second at most, like the sibling-socket hint it may carry.
+        // An error without an errno (a failed name lookup) is not reused:
+        // its text is its only identity.
         Some((a, n, at, f))
-            if *n == errno && a == addr && now.duration_since(*at) < SIBLING_TTL =>
+            if errno != 0 && *n == errno && a == addr && now.duration_since(*at) < SIBLING_TTL =>
         {
             f.clone()
         }

@@ -737,21 +737,14 @@ impl Why502 {
                     static_files::Served::Done => return Ok(()),
                     static_files::Served::Status(c) => break 'status c,
                     static_files::Served::Directory => {
-                        let vars = ReqVars::new(
-                            rt,
-                            session,
-                            ctx,
-                            server,
-                            &uri,
-                            args.as_deref(),
-                            root,
-                            st.captures.clone(),
-                            None,
-                        );
-                        let https = vars.https;
-                        let host = vars.header("host").map(|_| vars.host().into_owned());
-                        let local = vars.local;
-                        drop(vars);
+                        let host = session
+                            .req_header()
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|v| v.to_str().ok())
+                            .map(vars::host_without_port);
+                        let https = session.is_tls();
+                        let local = session.server_addr();
                         let l = match &args {
                             Some(a) if !a.is_empty() => format!("{uri}/?{a}"),
                             _ => format!("{uri}/"),
@@ -890,38 +883,35 @@ impl Why502 {
         if r.status == 499 {
             return Err(Abort);
         }
+        use http::header as hn;
+        let mut m = http::HeaderMap::with_capacity(8);
+        m.insert(hn::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+        if let Ok(v) = HeaderValue::try_from(r.body.len().to_string()) {
+            m.insert(hn::CONTENT_LENGTH, v);
+        }
+        m.insert(hn::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // The diagnosis headers under their default names need no case map
-        // (see `downstream::response_header`).
+        // (see `downstream::response_header`); configured names keep theirs.
         let titled = session.titles_header_names()
             && ctx.add_headers.is_empty()
             && r.headers
                 .iter()
                 .all(|(k, _)| default_diag_name(k).is_some());
-        let mut h = if titled {
-            use http::header as hn;
-            let mut m = http::HeaderMap::with_capacity(8);
-            m.insert(hn::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
-            if let Ok(v) = HeaderValue::try_from(r.body.len().to_string()) {
-                m.insert(hn::CONTENT_LENGTH, v);
-            }
-            m.insert(hn::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let named = if titled {
             for (k, v) in r.headers {
                 if let (Some(n), Ok(v)) = (default_diag_name(&k), HeaderValue::try_from(v)) {
                     m.append(n, v);
                 }
             }
-            let code = http::StatusCode::from_u16(r.status).map_err(|_| Abort)?;
-            downstream::response_header(true, code, m)
+            Vec::new()
         } else {
-            let mut h = ResponseHeader::build(r.status, Some(6)).map_err(|_| Abort)?;
-            let _ = h.insert_header(http::header::CONTENT_TYPE, r.content_type);
-            let _ = h.insert_header(http::header::CONTENT_LENGTH, r.body.len().to_string());
-            let _ = h.insert_header(http::header::CACHE_CONTROL, "no-store");
-            for (k, v) in r.headers {
-                let _ = h.append_header(k, v);
-            }
-            h
+            r.headers
         };
+        let code = http::StatusCode::from_u16(r.status).map_err(|_| Abort)?;
+        let mut h = downstream::response_header(titled, code, m);
+        for (k, v) in named {
+            let _ = h.append_header(k, v);
+        }
         self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(r.body)).await
     }

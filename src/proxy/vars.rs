@@ -97,19 +97,22 @@ impl<'a> ReqVars<'a> {
     /// `$host`: Host header without port, lower-case; else the server name.
     pub fn host(&self) -> Cow<'_, str> {
         match self.header("host").or_else(|| self.req.uri.host()) {
-            Some(h) => {
-                let h = if h.starts_with('[') {
-                    h.split_once(']')
-                        .map(|(a, _)| &h[..a.len() + 1])
-                        .unwrap_or(h)
-                } else {
-                    h.split(':').next().unwrap_or(h)
-                };
-                Cow::Owned(h.to_ascii_lowercase())
-            }
+            Some(h) => Cow::Owned(host_without_port(h)),
             None => Cow::Borrowed(self.server_name),
         }
     }
+}
+
+/// A Host value without its port, lower-case (`$host` when there is one).
+pub fn host_without_port(h: &str) -> String {
+    let h = if h.starts_with('[') {
+        h.split_once(']')
+            .map(|(a, _)| &h[..a.len() + 1])
+            .unwrap_or(h)
+    } else {
+        h.split(':').next().unwrap_or(h)
+    };
+    h.to_ascii_lowercase()
 }
 
 /// An IP address as text, without `core::fmt` for IPv4 (the `Display` impl

@@ -229,3 +229,42 @@ fn a_listen_address_in_use_is_a_clear_error_not_a_hang() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Header names on the wire: the defaults titled (`Why502-Cause`), a
+/// configured name exactly as configured, whichever way the response
+/// header was built.
+#[test]
+fn diagnosis_header_names_keep_their_case() {
+    let names = |r: &support::HttpResponse| -> Vec<String> {
+        r.headers.iter().map(|(k, _)| k.clone()).collect()
+    };
+    let dir = support::temp_dir();
+    let (p, _) = missing_socket_site(dir.path(), "  enabled: true\n");
+    let r = p.get("/hello.php");
+    assert_diagnosed(&p, &r, "connect.socket_missing", 502);
+    let n = names(&r);
+    for want in [
+        "Why502-Cause",
+        "Why502-Request-Id",
+        "Proxy-Status",
+        "Content-Type",
+    ] {
+        assert!(n.iter().any(|h| h == want), "{want} not in {n:?}");
+    }
+    let dir = support::temp_dir();
+    let (p, _) = missing_socket_site(
+        dir.path(),
+        "  cause_header: X-WHY502-CAUSE\n  request_id_header: x-request-ID\n",
+    );
+    let r = p.get("/hello.php");
+    assert_eq!(r.status, 502);
+    let n = names(&r);
+    for want in [
+        "X-WHY502-CAUSE",
+        "x-request-ID",
+        "Proxy-Status",
+        "Content-Type",
+    ] {
+        assert!(n.iter().any(|h| h == want), "{want} not in {n:?}");
+    }
+}
