@@ -675,80 +675,84 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
         };
         let until = tokio::time::Instant::now() + wait;
         // Waits in steps of a second at most, to see a shutdown (cheaper
-        // per request than registering with a shutdown signal).
+        // per request than registering with a shutdown signal). A waiting
+        // connection holds no buffer (nginx frees it too): one is taken
+        // when data arrives.
         loop {
             let step = until
                 .saturating_duration_since(tokio::time::Instant::now())
                 .min(Duration::from_secs(1));
-            // After a second idle the buffers are given back (nginx keeps
-            // ~no memory for an idle keep-alive connection): wait for data
-            // before taking a new one.
-            let r = if s.buf.capacity() == 0 {
-                match tokio::time::timeout(step, s.stream.readable()).await {
-                    Ok(Ok(())) => tokio::time::timeout(HEADER_TIMEOUT, s.fill())
-                        .await
-                        .unwrap_or(Ok(0)),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => {
-                        if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until
-                        {
-                            return Err(Refuse::Close);
-                        }
-                        continue;
+            match tokio::time::timeout(step, s.stream.readable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Refuse::Close),
+                Err(_) => {
+                    if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until {
+                        return Err(Refuse::Close);
                     }
+                    continue;
                 }
-            } else {
-                match tokio::time::timeout(step, s.fill()).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until
-                        {
-                            return Err(Refuse::Close);
-                        }
-                        s.release_buffers();
-                        continue;
-                    }
+            }
+            s.buf.reserve(HEAD_READ_SIZE);
+            match s.stream.try_read_buf(&mut s.buf) {
+                Ok(0) => return Err(Refuse::Close),
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    s.buf = BytesMut::new();
                 }
-            };
-            match r {
-                Ok(n) if n > 0 => break,
-                _ => return Err(Refuse::Close),
+                Err(_) => return Err(Refuse::Close),
             }
         }
     }
     let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
     loop {
-        // nginx ignores empty lines before a request line.
-        while s.buf.starts_with(b"\r\n") {
-            s.buf.advance(2);
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&s.buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                if n > MAX_HEAD {
-                    return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
-                }
-                let head = Head::of(&s.buf, &req);
-                return build_request(s, n, &head);
-            }
-            Ok(httparse::Status::Partial) => {
-                if find_crlf(&s.buf).is_none() && s.buf.len() > MAX_REQUEST_LINE {
-                    return Err(Refuse::Status(414, ""));
-                }
-                if s.buf.len() > MAX_HEAD {
-                    return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"));
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Refuse::Status(400, "Request Header Or Cookie Too Large"))
-            }
-            Err(_) => return Err(Refuse::Status(400, "")),
+        if let Some(done) = parse_request(s) {
+            return done;
         }
         match tokio::time::timeout_at(deadline, s.fill()).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(Refuse::Close),
         }
+    }
+}
+
+/// Parses the request header in `s.buf`: `None` while it is incomplete.
+/// Not part of `read_request`'s future: httparse's header array (4 KiB)
+/// would otherwise be kept in every connection's task while it waits.
+fn parse_request(s: &mut H1Session) -> Option<std::result::Result<(), Refuse>> {
+    // nginx ignores empty lines before a request line.
+    while s.buf.starts_with(b"\r\n") {
+        s.buf.advance(2);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&s.buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            if n > MAX_HEAD {
+                return Some(Err(Refuse::Status(
+                    400,
+                    "Request Header Or Cookie Too Large",
+                )));
+            }
+            let head = Head::of(&s.buf, &req);
+            Some(build_request(s, n, &head))
+        }
+        Ok(httparse::Status::Partial) => {
+            if find_crlf(&s.buf).is_none() && s.buf.len() > MAX_REQUEST_LINE {
+                return Some(Err(Refuse::Status(414, "")));
+            }
+            if s.buf.len() > MAX_HEAD {
+                return Some(Err(Refuse::Status(
+                    400,
+                    "Request Header Or Cookie Too Large",
+                )));
+            }
+            None
+        }
+        Err(httparse::Error::TooManyHeaders) => Some(Err(Refuse::Status(
+            400,
+            "Request Header Or Cookie Too Large",
+        ))),
+        Err(_) => Some(Err(Refuse::Status(400, ""))),
     }
 }
 
@@ -933,8 +937,8 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
             Err(Refuse::Close) => return,
             Err(Refuse::Status(code, detail)) => {
                 let page = refusal(code, detail);
-                if s.write_parts(&[&page]).await.is_ok() {
-                    linger(s).await;
+                if Box::pin(s.write_parts(&[&page])).await.is_ok() {
+                    linger(&mut s).await;
                 }
                 return;
             }
@@ -943,23 +947,26 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
         if STOPPING.load(Ordering::Relaxed) {
             s.keepalive = false;
         }
-        let ok = app.serve(&mut s, &mut conn).await;
+        // The request's future (and the rarer writes below) are boxed: this
+        // task lives as long as the connection, and an idle connection
+        // should hold no more than its session and the wait for the next
+        // request (~1 KiB; a handler's future is several).
+        let ok = Box::pin(app.serve(&mut s, &mut conn)).await;
         if !ok || !s.response_complete() || !s.keepalive || !s.is_body_done() {
             if ok
                 && s.response_complete()
-                && (s.out.is_empty() || s.flush_with(&[], &[]).await.is_ok())
+                && (s.out.is_empty() || Box::pin(s.flush_with(&[], &[])).await.is_ok())
             {
-                linger(s).await;
+                linger(&mut s).await;
             }
             return;
         }
-        if !s.out.is_empty() && s.flush_with(&[], &[]).await.is_err() {
+        if !s.out.is_empty() && Box::pin(s.flush_with(&[], &[])).await.is_err() {
             return;
         }
-        // Large idle buffers are given back.
-        if s.buf.is_empty() && s.buf.capacity() > 4 * READ_SIZE {
-            s.buf = BytesMut::new();
-        }
+        // Between requests a connection holds no buffers (unless the
+        // client sent the next request already).
+        s.release_buffers();
     }
 }
 
@@ -971,7 +978,7 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
 /// unread data makes the kernel send a reset, which discards the response
 /// the client has not read yet: a 413 or a 502 during an upload would reach
 /// the client as "connection reset" instead of its diagnosis.
-async fn linger(mut s: H1Session) {
+async fn linger(s: &mut H1Session) {
     let pending = !s.buf.is_empty() || !s.is_body_done() || {
         // Data waiting in the socket (an EOF, Ok(0), needs no lingering).
         // A peek asks the kernel: tokio's `try_read` would answer from the
@@ -1189,6 +1196,31 @@ impl<A: App> Worker<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handler whose future is large, as the real ones are.
+    struct Big;
+    impl App for Big {
+        type Conn = ();
+        async fn serve(&self, s: &mut H1Session, _: &mut ()) -> bool {
+            let mut scratch = [0u8; 16 * 1024];
+            let n = s.fill().await.unwrap_or(0);
+            scratch[n % scratch.len()] = 1;
+            scratch.iter().any(|&b| b == 1)
+        }
+    }
+
+    /// An idle keep-alive connection holds its task: the handler's future
+    /// and the request parser's header array must not be part of it.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = l.accept().await.unwrap();
+        let f = serve_connection(&Big, stream);
+        let size = std::mem::size_of_val(&f);
+        assert!(size < 1536, "a connection's future is {size} bytes");
+        drop(c);
+    }
 
     #[test]
     fn header_names_without_case_are_titled() {
