@@ -1205,7 +1205,7 @@ mod tests {
             let mut scratch = [0u8; 16 * 1024];
             let n = s.fill().await.unwrap_or(0);
             scratch[n % scratch.len()] = 1;
-            scratch.iter().any(|&b| b == 1)
+            scratch.contains(&1)
         }
     }
 
