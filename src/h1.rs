@@ -355,6 +355,14 @@ impl H1Session {
             },
         );
         let out = &mut self.out;
+        // Room for the header and a small body sent with it, taken at once
+        // (an idle connection gives the buffer back).
+        out.reserve(
+            512 + match mode {
+                BodyOut::Length(n) if n <= COALESCE as u64 => n as usize,
+                _ => 0,
+            },
+        );
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(h.status.as_str().as_bytes());
         out.push(b' ');
@@ -543,23 +551,40 @@ fn put_title(out: &mut Vec<u8>, name: &http::HeaderName) {
     match known_title(name) {
         Some(t) => out.extend_from_slice(t.as_bytes()),
         None => {
+            let n = name.as_str().as_bytes();
+            let at = out.len();
+            out.extend_from_slice(n);
             let mut up = true;
-            for &b in name.as_str().as_bytes() {
-                out.push(if up { b.to_ascii_uppercase() } else { b });
-                up = b == b'-';
+            for b in &mut out[at..] {
+                if up {
+                    b.make_ascii_uppercase();
+                }
+                up = *b == b'-';
             }
         }
     }
 }
 
-/// The names [`put_title`] does not capitalise word by word.
+/// The names [`put_title`] need not capitalise word by word: the usual
+/// response headers (one comparison each) and those not capitalised by
+/// word (`ETag`).
 fn known_title(name: &http::HeaderName) -> Option<&'static str> {
     use http::header as h;
-    match *name {
-        h::ETAG => Some("ETag"),
-        h::WWW_AUTHENTICATE => Some("WWW-Authenticate"),
-        _ => None,
-    }
+    Some(match *name {
+        h::CONTENT_TYPE => "Content-Type",
+        h::CONTENT_LENGTH => "Content-Length",
+        h::DATE => "Date",
+        h::SERVER => "Server",
+        h::CONNECTION => "Connection",
+        h::LAST_MODIFIED => "Last-Modified",
+        h::ACCEPT_RANGES => "Accept-Ranges",
+        h::LOCATION => "Location",
+        h::CACHE_CONTROL => "Cache-Control",
+        h::TRANSFER_ENCODING => "Transfer-Encoding",
+        h::ETAG => "ETag",
+        h::WWW_AUTHENTICATE => "WWW-Authenticate",
+        _ => return None,
+    })
 }
 
 /// A header name as [`put_title`] writes it.
@@ -723,9 +748,12 @@ fn parse_request(s: &mut H1Session) -> Option<std::result::Result<(), Refuse>> {
     while s.buf.starts_with(b"\r\n") {
         s.buf.advance(2);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&s.buf) {
+    // Left uninitialised: httparse writes the ones it fills (an
+    // initialised array is 4 KiB of stores per request).
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(&s.buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => {
             if n > MAX_HEAD {
                 return Some(Err(Refuse::Status(
@@ -733,7 +761,8 @@ fn parse_request(s: &mut H1Session) -> Option<std::result::Result<(), Refuse>> {
                     "Request Header Or Cookie Too Large",
                 )));
             }
-            let head = Head::of(&s.buf, &req);
+            let mut head = Head::new();
+            head.fill(&s.buf, &req);
             Some(build_request(s, n, &head))
         }
         Ok(httparse::Status::Partial) => {
@@ -758,41 +787,51 @@ fn parse_request(s: &mut H1Session) -> Option<std::result::Result<(), Refuse>> {
 
 /// Where the parts of a parsed request header are in the read buffer (the
 /// header is parsed once, then the buffer is split off and frozen so the
-/// header values can point into it).
+/// header values can point into it). Offsets fit in `u16`: a header is at
+/// most `MAX_HEAD` bytes.
 struct Head {
-    method: (usize, usize),
-    path: (usize, usize),
+    method: (u16, u16),
+    path: (u16, u16),
     v11: bool,
     /// (name, value) of each header line.
-    headers: [((usize, usize), (usize, usize)); MAX_HEADERS],
+    headers: [((u16, u16), (u16, u16)); MAX_HEADERS],
     count: usize,
 }
 
 impl Head {
-    fn of(base: &[u8], req: &httparse::Request<'_, '_>) -> Head {
-        let span = |part: &[u8]| {
-            let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
-            (start, start + part.len())
-        };
-        let mut h = Head {
-            method: span(req.method.unwrap_or("").as_bytes()),
-            path: span(req.path.unwrap_or("").as_bytes()),
-            v11: req.version == Some(1),
+    fn new() -> Head {
+        Head {
+            method: (0, 0),
+            path: (0, 0),
+            v11: false,
             headers: [((0, 0), (0, 0)); MAX_HEADERS],
             count: 0,
-        };
-        for (slot, hd) in h.headers.iter_mut().zip(req.headers.iter()) {
-            *slot = (span(hd.name.as_bytes()), span(hd.value));
-            h.count += 1;
         }
-        h
+    }
+
+    /// Records where `req`'s parts are in `base` (filled in place: a
+    /// `Head` is 1 KiB).
+    fn fill(&mut self, base: &[u8], req: &httparse::Request<'_, '_>) {
+        let span = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+            let at = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
+            (at(start), at(start + part.len()))
+        };
+        self.method = span(req.method.unwrap_or("").as_bytes());
+        self.path = span(req.path.unwrap_or("").as_bytes());
+        self.v11 = req.version == Some(1);
+        self.count = 0;
+        for (slot, hd) in self.headers.iter_mut().zip(req.headers.iter()) {
+            *slot = (span(hd.name.as_bytes()), span(hd.value));
+            self.count += 1;
+        }
     }
 }
 
 fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Result<(), Refuse> {
     let raw = s.buf.split_to(n).freeze();
     let bad = Refuse::Status(400, "");
-    let part = |(a, b): (usize, usize)| raw.get(a..b).unwrap_or_default();
+    let part = |(a, b): (u16, u16)| raw.get(a as usize..b as usize).unwrap_or_default();
     let method = std::str::from_utf8(part(head.method)).map_err(|_| Refuse::Status(400, ""))?;
     let path = part(head.path);
     if path.len() > MAX_REQUEST_LINE {
