@@ -895,8 +895,29 @@ fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Resul
             .map_err(|_| Refuse::Status(400, ""))?;
     }
     parts.headers = headers;
-    let mut h = RequestHeader::from(parts);
-    h.set_raw_path(path).map_err(|_| Refuse::Status(400, ""))?;
+    // An origin-form target (`/path?query`, UTF-8, no fragment) becomes the
+    // Uri without a copy; other forms take Pingora's parser.
+    let fast =
+        path.first() == Some(&b'/') && !path.contains(&b'#') && std::str::from_utf8(path).is_ok();
+    let uri = fast
+        .then(|| http::uri::PathAndQuery::from_maybe_shared(raw.slice_ref(path)).ok())
+        .flatten()
+        .and_then(|pq| {
+            let mut u = http::uri::Parts::default();
+            u.path_and_query = Some(pq);
+            http::Uri::from_parts(u).ok()
+        });
+    let h = match uri {
+        Some(uri) => {
+            parts.uri = uri;
+            RequestHeader::from(parts)
+        }
+        None => {
+            let mut h = RequestHeader::from(parts);
+            h.set_raw_path(path).map_err(|_| Refuse::Status(400, ""))?;
+            h
+        }
+    };
     if hosts > 1 || (v11 && hosts == 0) {
         return Err(bad);
     }
@@ -1245,6 +1266,71 @@ mod tests {
             let n = s.fill().await.unwrap_or(0);
             scratch[n % scratch.len()] = 1;
             scratch.contains(&1)
+        }
+    }
+
+    async fn session() -> (H1Session, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (stream, _) = l.accept().await.unwrap();
+        let s = H1Session {
+            stream,
+            client: None,
+            local: None,
+            buf: BytesMut::new(),
+            raw: Bytes::new(),
+            req: RequestHeader::build_no_case("GET", b"/", None).unwrap(),
+            body_in: BodyIn::Done,
+            body_read: 0,
+            expect_continue: false,
+            keepalive: false,
+            resp: None,
+            body_out: BodyOut::NotStarted,
+            out: Vec::new(),
+            body_sent: 0,
+        };
+        (s, c)
+    }
+
+    /// Origin-form targets take the copy-free Uri; the others Pingora's
+    /// parser. Either way the target reads back as it was sent.
+    #[tokio::test]
+    async fn request_targets_read_back_as_sent() {
+        let (mut s, _c) = session().await;
+        for (target, path, raw) in [
+            (
+                &b"/a%20b/c.php?x=1&y=%2F"[..],
+                "/a%20b/c.php",
+                &b"/a%20b/c.php?x=1&y=%2F"[..],
+            ),
+            (b"/", "/", b"/"),
+            (b"/x#frag", "/x", b"/x"),
+            (b"/caf\xc3\xa9?q", "/caf\u{e9}", b"/caf\xc3\xa9?q"),
+            (b"http://example.test/p?q", "/p", b"http://example.test/p?q"),
+        ] {
+            s.buf.clear();
+            s.buf.extend_from_slice(b"GET ");
+            s.buf.extend_from_slice(target);
+            s.buf
+                .extend_from_slice(b" HTTP/1.1\r\nHost: example.test\r\n\r\n");
+            let r = parse_request(&mut s);
+            assert!(
+                matches!(r, Some(Ok(()))),
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
+            assert_eq!(
+                s.req.uri.path(),
+                path,
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
+            assert_eq!(
+                s.req.raw_path(),
+                raw,
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
         }
     }
 
