@@ -135,6 +135,28 @@ fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
 }
 
 impl H1Session {
+    /// The session of a new connection, before its first request.
+    fn new(stream: TcpStream) -> Option<H1Session> {
+        let client = stream.peer_addr().ok();
+        let local = stream.local_addr().ok();
+        Some(H1Session {
+            stream,
+            client,
+            local,
+            buf: BytesMut::new(),
+            raw: Bytes::new(),
+            req: RequestHeader::build_no_case("GET", b"/", None).ok()?,
+            body_in: BodyIn::Done,
+            body_read: 0,
+            expect_continue: false,
+            keepalive: false,
+            resp: None,
+            body_out: BodyOut::NotStarted,
+            out: Vec::new(),
+            body_sent: 0,
+        })
+    }
+
     async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
         let fut = write_all_parts(&mut self.stream, parts);
         match tokio::time::timeout(SEND_TIMEOUT, fut).await {
@@ -895,11 +917,10 @@ fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Resul
             .map_err(|_| Refuse::Status(400, ""))?;
     }
     parts.headers = headers;
-    // An origin-form target (`/path?query`, UTF-8, no fragment) becomes the
-    // Uri without a copy; other forms take Pingora's parser.
-    let fast =
-        path.first() == Some(&b'/') && !path.contains(&b'#') && std::str::from_utf8(path).is_ok();
-    let uri = fast
+    // An origin-form target (`/path?query`) becomes the Uri without a copy
+    // (`PathAndQuery` drops a fragment, as Pingora does, and refuses
+    // non-UTF-8); other forms, and non-UTF-8, take Pingora's parser.
+    let uri = (path.first() == Some(&b'/'))
         .then(|| http::uri::PathAndQuery::from_maybe_shared(raw.slice_ref(path)).ok())
         .flatten()
         .and_then(|pq| {
@@ -968,26 +989,8 @@ fn refusal(code: u16, detail: &str) -> Vec<u8> {
 /// Serves one client connection until it closes.
 pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let client = stream.peer_addr().ok();
-    let local = stream.local_addr().ok();
-    let mut s = H1Session {
-        stream,
-        client,
-        local,
-        buf: BytesMut::new(),
-        raw: Bytes::new(),
-        req: match RequestHeader::build_no_case("GET", b"/", None) {
-            Ok(r) => r,
-            Err(_) => return,
-        },
-        body_in: BodyIn::Done,
-        body_read: 0,
-        expect_continue: false,
-        keepalive: false,
-        resp: None,
-        body_out: BodyOut::NotStarted,
-        out: Vec::new(),
-        body_sent: 0,
+    let Some(mut s) = H1Session::new(stream) else {
+        return;
     };
     let mut conn = A::Conn::default();
     let mut first = true;
@@ -1269,34 +1272,20 @@ mod tests {
         }
     }
 
-    async fn session() -> (H1Session, TcpStream) {
+    /// The server's and the client's end of a loopback connection.
+    async fn pair() -> (TcpStream, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (stream, _) = l.accept().await.unwrap();
-        let s = H1Session {
-            stream,
-            client: None,
-            local: None,
-            buf: BytesMut::new(),
-            raw: Bytes::new(),
-            req: RequestHeader::build_no_case("GET", b"/", None).unwrap(),
-            body_in: BodyIn::Done,
-            body_read: 0,
-            expect_continue: false,
-            keepalive: false,
-            resp: None,
-            body_out: BodyOut::NotStarted,
-            out: Vec::new(),
-            body_sent: 0,
-        };
-        (s, c)
+        (stream, c)
     }
 
     /// Origin-form targets take the copy-free Uri; the others Pingora's
     /// parser. Either way the target reads back as it was sent.
     #[tokio::test]
     async fn request_targets_read_back_as_sent() {
-        let (mut s, _c) = session().await;
+        let (stream, _c) = pair().await;
+        let mut s = H1Session::new(stream).unwrap();
         for (target, path, raw) in [
             (
                 &b"/a%20b/c.php?x=1&y=%2F"[..],
@@ -1338,9 +1327,7 @@ mod tests {
     /// and the request parser's header array must not be part of it.
     #[tokio::test]
     async fn a_connection_task_stays_small() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (stream, _) = l.accept().await.unwrap();
+        let (stream, c) = pair().await;
         let f = serve_connection(&Big, stream);
         let size = std::mem::size_of_val(&f);
         assert!(size < 1536, "a connection's future is {size} bytes");

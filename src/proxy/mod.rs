@@ -996,14 +996,9 @@ impl Why502 {
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .map(|h| {
-                    let h = if h.starts_with('[') {
-                        h.split_once(']')
-                            .map(|(a, _)| &h[..a.len() + 1])
-                            .unwrap_or(h)
-                    } else {
-                        h.split(':').next().unwrap_or(h)
-                    };
-                    h.trim_end_matches('.').to_ascii_lowercase()
+                    let mut h = vars::host_without_port(h);
+                    h.truncate(h.trim_end_matches('.').len());
+                    h
                 });
             let https = session.is_tls();
             let local = session.server_addr();
