@@ -18,6 +18,12 @@ pub use template::{Template, Var};
 
 pub use crate::accesslog::{Escape as LogEscape, LogFormat};
 
+/// `types` (extension → MIME type): looked up on every static response with
+/// a short key, so hashed with FNV (SipHash costs more than the lookup; the
+/// keys come from the configuration, not from clients).
+pub type TypesMap =
+    std::collections::HashMap<String, String, std::hash::BuildHasherDefault<fnv::FnvHasher>>;
+
 /// Where a piece of configuration came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Origin {
@@ -365,7 +371,7 @@ pub struct Location {
     /// `default_type` (None = the YAML front end's guess).
     pub default_type: Option<String>,
     /// `types` (extension, lower-case → MIME type); None = guess by extension.
-    pub types: Option<Arc<std::collections::HashMap<String, String>>>,
+    pub types: Option<Arc<TypesMap>>,
     /// `allow` / `deny` in order; empty = everyone.
     pub access: Vec<AccessRule>,
     /// Per-location `client_max_body_size` (None = the server's).

@@ -5,7 +5,7 @@
 //! See `config/why502.yaml` for an annotated example.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1095,7 +1095,7 @@ struct InheritedKeys {
 #[derive(Clone, Default)]
 struct Inherit {
     default_type: Option<String>,
-    types: Option<Arc<HashMap<String, String>>>,
+    types: Option<Arc<super::TypesMap>>,
     add_headers: Vec<AddHeader>,
     expires: Option<Expires>,
     error_pages: Vec<ErrorPage>,

@@ -408,7 +408,7 @@ struct Level {
     add_headers: Option<Vec<AddHeader>>,
     expires: Option<Expires>,
     default_type: Option<String>,
-    types: Option<HashMap<String, String>>,
+    types: Option<crate::config::TypesMap>,
     access: Option<Vec<AccessRule>>,
     client_max_body_size: Option<u64>,
     client_body_timeout: Option<Duration>,
@@ -517,7 +517,7 @@ struct Cv {
 }
 
 /// nginx's built-in `types` when none is configured.
-fn builtin_types() -> HashMap<String, String> {
+fn builtin_types() -> crate::config::TypesMap {
     [
         ("html", "text/html"),
         ("gif", "image/gif"),
@@ -1084,7 +1084,7 @@ impl Cv {
                 l.default_type = Some(a0().to_string());
             }
             "types" => {
-                let t = l.types.get_or_insert_with(HashMap::new);
+                let t = l.types.get_or_insert_with(Default::default);
                 for e in d.children() {
                     for ext in &e.args {
                         t.insert(ext.value.to_ascii_lowercase(), e.name.clone());

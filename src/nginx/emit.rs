@@ -9,7 +9,7 @@
 //! where they differ from what it inherits; `root` and `index` only where
 //! they differ from the server's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -144,7 +144,7 @@ struct Out {
 #[derive(Clone, Default)]
 struct Inh<'a> {
     default_type: Option<&'a str>,
-    types: Option<&'a HashMap<String, String>>,
+    types: Option<&'a crate::config::TypesMap>,
     add_headers: &'a [AddHeader],
     expires: Option<Expires>,
     error_pages: &'a [ErrorPage],
@@ -168,7 +168,7 @@ impl<'a> Inh<'a> {
     }
 }
 
-fn types_block(t: &HashMap<String, String>, p: &str) -> String {
+fn types_block(t: &crate::config::TypesMap, p: &str) -> String {
     let sorted: BTreeMap<&String, &String> = t.iter().collect();
     let mut s = String::new();
     for (e, m) in sorted {

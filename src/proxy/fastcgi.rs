@@ -125,7 +125,7 @@ pub async fn serve<S: Downstream>(
     ctx: &mut ReqCtx,
     server: &Server,
     fc: &FastCgi,
-    params: BytesMut,
+    params: impl FnOnce(&S, &ReqCtx) -> BytesMut,
     buffered: Option<Vec<Bytes>>,
 ) -> Result<(), Abort> {
     let Some(up) = p.rt.upstream_state(&fc.upstream).cloned() else {
@@ -137,13 +137,11 @@ pub async fn serve<S: Downstream>(
         return p.respond_failure(session, ctx, f).await;
     };
     let has_body = buffered.is_some() || !session.is_body_done();
-    let mut prelude = BytesMut::with_capacity(params.len() + 64);
-    record::encode_begin_request(&mut prelude, REQUEST_ID, record::RESPONDER, fc.keep_conn);
-    record::encode_params(&mut prelude, REQUEST_ID, &params);
-    if !has_body {
-        record::encode_stdin_end(&mut prelude, REQUEST_ID);
-    }
-    let prelude = prelude.freeze();
+    // The params are built once a connection is up (nginx builds them
+    // first): a failed connect then costs nothing for them. They read
+    // nothing that the attempts change.
+    let mut params = Some(params);
+    let mut prelude = Bytes::new();
     let idempotent = matches!(
         session.req_header().method,
         http::Method::GET
@@ -196,6 +194,16 @@ pub async fn serve<S: Downstream>(
         };
         force_fresh = false;
         ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+        if let Some(build) = params.take() {
+            let params = build(session, ctx);
+            let mut p = BytesMut::with_capacity(params.len() + 64);
+            record::encode_begin_request(&mut p, REQUEST_ID, record::RESPONDER, fc.keep_conn);
+            record::encode_params(&mut p, REQUEST_ID, &params);
+            if !has_body {
+                record::encode_stdin_end(&mut p, REQUEST_ID);
+            }
+            prelude = p.freeze();
+        }
 
         let mut ex = Exchange {
             p,

@@ -44,7 +44,7 @@ use crate::upstream::UpstreamState;
 
 use downstream::Downstream;
 
-use route::{find_location, find_named, select_server_index, RouteState, ScriptEnd, TryResult};
+use route::{find_location, find_named, RouteState, ScriptEnd, TryResult};
 pub use vars::ReqVars;
 
 /// Everything shared by all requests.
@@ -419,7 +419,9 @@ impl Why502 {
                 &all
             }
         };
-        let found = select_server_index(&rt.config.servers, cands, ctx.summary.host.as_deref());
+        let found = rt
+            .listens
+            .select_server_index(cands, ctx.summary.host.as_deref());
         let Some((si, server)) = found.and_then(|i| rt.config.servers.get(i).map(|s| (i, s)))
         else {
             return self.respond_status(session, ctx, 404).await;
@@ -672,19 +674,20 @@ impl Why502 {
                     } else {
                         None
                     };
-                    let vars = ReqVars::new(
-                        rt,
-                        session,
-                        ctx,
-                        server,
-                        &uri,
-                        args.as_deref(),
-                        root,
-                        captures,
-                        Some(fc),
-                    );
-                    let params = fastcgi::build_params(fc, &vars, session.req_header());
-                    drop(vars);
+                    let params = |session: &S, ctx: &ReqCtx| {
+                        let vars = ReqVars::new(
+                            rt,
+                            session,
+                            ctx,
+                            server,
+                            &uri,
+                            args.as_deref(),
+                            root,
+                            captures,
+                            Some(fc),
+                        );
+                        fastcgi::build_params(fc, &vars, session.req_header())
+                    };
                     return fastcgi::serve(self, session, ctx, server, fc, params, buffered).await;
                 }
                 let vars = ReqVars::new(

@@ -17,8 +17,11 @@ use crate::config::{Expires, Listen, Location, Match, RewriteFlag, ScriptOp, Ser
 /// `default_server` (else the first) answering unknown names.
 #[derive(Debug, Default)]
 pub struct ListenMap {
-    /// Server indexes per listen address, default server first.
-    by_addr: HashMap<SocketAddr, Vec<usize>>,
+    /// Server indexes per listen address, default server first (hashed
+    /// with FNV: looked up on every request).
+    by_addr: HashMap<SocketAddr, Vec<usize>, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
+    /// Each server's names, ready to match.
+    names: Vec<NameSet>,
 }
 
 /// `::ffff:127.0.0.1` → `127.0.0.1` (a dual-stack socket's IPv4 peers).
@@ -42,7 +45,7 @@ fn wildcard_of(a: SocketAddr) -> SocketAddr {
 
 impl ListenMap {
     pub fn new(servers: &[Server]) -> ListenMap {
-        let mut by_addr: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+        let mut by_addr: HashMap<_, Vec<usize>, _> = HashMap::default();
         for (i, s) in servers.iter().enumerate() {
             for l in &s.listen {
                 let v = by_addr.entry(canonical(l.addr)).or_default();
@@ -54,7 +57,8 @@ impl ListenMap {
                 }
             }
         }
-        ListenMap { by_addr }
+        let names = servers.iter().map(|s| NameSet::new(&s.names)).collect();
+        ListenMap { by_addr, names }
     }
 
     /// The servers a connection to `local` may reach: those listening on
@@ -112,7 +116,14 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     }
     // Already normal (the common case): no escapes, no empty, `.` or `..`
     // segments.
-    if !bytes.contains(&b'%') && !raw.contains("//") && !raw.contains("/.") {
+    // One pass (substring searches cost more than the path is long).
+    let mut prev = 0u8;
+    let normal = bytes.iter().all(|&b| {
+        let ok = b != b'%' && !(prev == b'/' && (b == b'/' || b == b'.'));
+        prev = b;
+        ok
+    });
+    if normal {
         return Some(raw.to_string());
     }
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -155,85 +166,92 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     String::from_utf8(path).ok()
 }
 
-/// Picks the server block for a request (nginx order: exact name, longest
-/// leading wildcard, longest trailing wildcard, first matching regex, default).
-pub fn select_server<'a>(
-    servers: &'a [Server],
-    candidates: &[usize],
-    host: Option<&str>,
-) -> Option<&'a Server> {
-    select_server_index(servers, candidates, host).and_then(|i| servers.get(i))
+/// One server's `server_name`s, prepared for matching: lower-cased, the
+/// wildcards split, the regexes compiled once.
+#[derive(Debug, Default)]
+struct NameSet {
+    exact: Vec<String>,
+    /// `*.example.com` and `.example.com` as `.example.com`; `true` for the
+    /// second form, which also matches `example.com`.
+    suffix: Vec<(String, bool)>,
+    /// `www.example.*` as `www.example.`.
+    prefix: Vec<String>,
+    regex: Vec<regex::Regex>,
 }
 
-/// [`select_server`], as an index into `servers`.
-pub fn select_server_index(
-    servers: &[Server],
-    candidates: &[usize],
-    host: Option<&str>,
-) -> Option<usize> {
-    let host = host.map(|h| {
-        let h = h
-            .rsplit_once(':')
-            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map(|(h, _)| h)
-            .unwrap_or(h)
-            .trim_end_matches('.');
-        if h.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(h.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(h)
+impl NameSet {
+    fn new(names: &[String]) -> NameSet {
+        let mut set = NameSet::default();
+        for n in names {
+            if let Some(re) = n.strip_prefix('~') {
+                // An invalid one never matches (nginx.conf refuses it).
+                if let Ok(r) = regex::Regex::new(re) {
+                    set.regex.push(r);
+                }
+                continue;
+            }
+            let n = n.to_ascii_lowercase();
+            if let Some(x) = n.strip_prefix("*.") {
+                set.suffix.push((format!(".{x}"), false));
+            } else if n.starts_with('.') {
+                set.suffix.push((n.clone(), true));
+            } else if let Some(pre) = n.strip_suffix(".*") {
+                set.prefix.push(format!("{pre}."));
+            }
+            set.exact.push(n);
         }
-    });
-    let cands = || {
-        candidates
-            .iter()
-            .filter_map(|&i| servers.get(i).map(|s| (i, s)))
-    };
-    if let Some(h) = host.as_deref() {
-        if let Some((i, _)) =
-            cands().find(|(_, s)| s.names.iter().any(|n| n.eq_ignore_ascii_case(h)))
-        {
-            return Some(i);
-        }
-        let mut best: Option<(usize, usize)> = None;
-        for (i, s) in cands() {
-            for n in &s.names {
-                let n = n.to_ascii_lowercase();
-                let suffix = n
-                    .strip_prefix("*.")
-                    .map(|x| format!(".{x}"))
-                    .or_else(|| n.strip_prefix('.').map(|x| format!(".{x}")));
-                if let Some(suf) = suffix {
-                    let matches = h.ends_with(&suf) || (n.starts_with('.') && h == &suf[1..]);
+        set
+    }
+}
+
+impl ListenMap {
+    /// Picks the server block for a request among `candidates` (nginx
+    /// order: exact name, longest leading wildcard, trailing wildcard,
+    /// first matching regex, else the first candidate: the default).
+    pub fn select_server_index(&self, candidates: &[usize], host: Option<&str>) -> Option<usize> {
+        let cands = || {
+            candidates
+                .iter()
+                .filter_map(|&i| self.names.get(i).map(|s| (i, s)))
+        };
+        if let Some(h) = host {
+            let h = h
+                .rfind(':')
+                .filter(|&i| h[i + 1..].bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |i| &h[..i])
+                .trim_end_matches('.');
+            let h: Cow<'_, str> = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(h.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(h)
+            };
+            let h = h.as_ref();
+            if let Some((i, _)) = cands().find(|(_, s)| s.exact.iter().any(|n| n == h)) {
+                return Some(i);
+            }
+            let mut best: Option<(usize, usize)> = None;
+            for (i, s) in cands() {
+                for (suf, bare) in &s.suffix {
+                    let matches = h.ends_with(suf.as_str()) || (*bare && h == &suf[1..]);
                     if matches && best.is_none_or(|(_, l)| suf.len() > l) {
                         best = Some((i, suf.len()));
                     }
                 }
             }
-        }
-        if let Some((i, _)) = best {
-            return Some(i);
-        }
-        for (i, s) in cands() {
-            for n in &s.names {
-                if let Some(pre) = n.strip_suffix(".*") {
-                    if h.starts_with(&format!("{}.", pre.to_ascii_lowercase())) {
-                        return Some(i);
-                    }
-                }
+            if let Some((i, _)) = best {
+                return Some(i);
+            }
+            if let Some((i, _)) =
+                cands().find(|(_, s)| s.prefix.iter().any(|p| h.starts_with(p.as_str())))
+            {
+                return Some(i);
+            }
+            if let Some((i, _)) = cands().find(|(_, s)| s.regex.iter().any(|r| r.is_match(h))) {
+                return Some(i);
             }
         }
-        for (i, s) in cands() {
-            for n in &s.names {
-                if let Some(re) = n.strip_prefix('~') {
-                    if regex::Regex::new(re).is_ok_and(|r| r.is_match(h)) {
-                        return Some(i);
-                    }
-                }
-            }
-        }
+        cands().next().map(|(i, _)| i)
     }
-    cands().next().map(|(i, _)| i)
 }
 
 /// The result of location matching: the location and regex captures.
@@ -589,8 +607,10 @@ pub fn access_allowed(loc: &Location, client: Option<std::net::IpAddr>) -> bool 
 pub fn content_type<'a>(loc: &'a Location, uri: &str, path: &Path) -> Cow<'a, str> {
     match &loc.types {
         Some(types) => {
-            let name = uri.rsplit('/').next().unwrap_or("");
-            let ext = name.rsplit_once('.').map(|(_, e)| {
+            // Byte searches: `rsplit` by `char` costs more than the lookup.
+            let last = |s: &str, c: u8| s.bytes().rposition(|b| b == c);
+            let name = last(uri, b'/').map_or(uri, |i| &uri[i + 1..]);
+            let ext = last(name, b'.').map(|i| &name[i + 1..]).map(|e| {
                 if e.bytes().any(|b| b.is_ascii_uppercase()) {
                     Cow::Owned(e.to_ascii_lowercase())
                 } else {
@@ -810,7 +830,7 @@ mod tests {
         let m = ListenMap::new(&servers);
         let pick = |local: &str, host: Option<&str>| {
             let c = m.candidates(local.parse().ok()).unwrap_or(&[]);
-            select_server_index(&servers, c, host)
+            m.select_server_index(c, host)
                 .map(|i| servers[i].names[0].clone())
                 .unwrap_or_default()
         };

@@ -124,6 +124,105 @@ fn open(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     Ok((f, m))
 }
 
+/// Small files kept in memory, per worker thread, and checked against the
+/// file system on every request: one `stat()` instead of nginx's
+/// `open()`, `fstat()`, `pread()` and `close()`. What is served is what the
+/// file holds now: an entry is used only while the file's device, inode,
+/// size, modification and change times are all the same, and a file is
+/// kept only once its change time is a second old, so a write made in the
+/// same clock tick as the read cannot go unseen (the change time moves on
+/// every write, rename onto it, `chmod` or `touch`; git's "racy" rule).
+mod cache {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    use bytes::Bytes;
+
+    /// Largest file kept (one read, one write).
+    pub const FILE_MAX: u64 = 64 * 1024;
+    /// Bytes kept per thread, at most; the cache is emptied when full.
+    const TOTAL_MAX: usize = 16 * 1024 * 1024;
+    const ENTRIES_MAX: usize = 4096;
+
+    /// What identifies one version of a file.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub struct Version {
+        dev: u64,
+        ino: u64,
+        len: u64,
+        mtime: (i64, i64),
+        ctime: (i64, i64),
+    }
+
+    impl Version {
+        pub fn of(m: &std::fs::Metadata) -> Version {
+            Version {
+                dev: m.dev(),
+                ino: m.ino(),
+                len: m.len(),
+                mtime: (m.mtime(), m.mtime_nsec()),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            }
+        }
+
+        /// Unchanged for a second: a later write gets a later change time.
+        pub fn settled(&self) -> bool {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .is_ok_and(|now| self.ctime.0.saturating_add(1) < now.as_secs() as i64)
+        }
+    }
+
+    #[derive(Clone)]
+    pub struct Entry {
+        pub version: Version,
+        pub body: Bytes,
+        pub etag: http::HeaderValue,
+        pub last_modified: Option<http::HeaderValue>,
+    }
+
+    type Map = HashMap<Box<[u8]>, Entry, std::hash::BuildHasherDefault<fnv::FnvHasher>>;
+
+    thread_local! {
+        static FILES: RefCell<(Map, usize)> = RefCell::new((Map::default(), 0));
+    }
+
+    /// The entry for `path` if it is still `version`.
+    pub fn get(path: &Path, version: &Version) -> Option<Entry> {
+        FILES.with(|f| {
+            let f = f.borrow();
+            f.0.get(path.as_os_str().as_bytes())
+                .filter(|e| e.version == *version)
+                .cloned()
+        })
+    }
+
+    pub fn put(path: &Path, e: Entry) {
+        FILES.with(|f| {
+            let mut f = f.borrow_mut();
+            let (map, total) = &mut *f;
+            if *total + e.body.len() > TOTAL_MAX || map.len() >= ENTRIES_MAX {
+                map.clear();
+                *total = 0;
+            }
+            *total += e.body.len();
+            if let Some(old) = map.insert(path.as_os_str().as_bytes().into(), e) {
+                *total -= old.body.len();
+            }
+        })
+    }
+}
+
+/// The file's whole content, read from `file` (at most `cache::FILE_MAX`).
+fn read_whole(file: &mut std::fs::File, len: u64) -> Option<bytes::Bytes> {
+    let mut buf = BytesMut::zeroed(usize::try_from(len).ok()?);
+    file.read_exact(&mut buf).ok()?;
+    Some(buf.freeze())
+}
+
 /// Serves `path`.
 pub async fn serve<S: Downstream>(
     p: &Why502,
@@ -142,14 +241,14 @@ pub async fn serve<S: Downstream>(
     // Plain blocking file calls, as nginx makes without `aio`: static files
     // are normally in the page cache, and tokio::fs would hop to the blocking
     // thread pool three or four times per request (4x the CPU, measured).
-    let (mut file, meta) = match open(path) {
-        Ok(fm) => fm,
-        // A directory that cannot be read is still redirected.
+    // First `stat()`: a small file may be in memory already ([`cache`]).
+    // The answers for what it finds are those of `open()` (nginx's
+    // `ngx_open_cached_file`): 403 when a directory on the way cannot be
+    // searched, 404 when nothing is there or it is not a regular file.
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Ok(match std::fs::metadata(path) {
-                Ok(m) if m.is_dir() => Served::Directory,
-                _ => Served::Status(403),
-            });
+            return Ok(Served::Status(403));
         }
         Err(_) => return Ok(Served::Status(404)),
     };
@@ -162,14 +261,101 @@ pub async fn serve<S: Downstream>(
     if !get_or_head {
         return Ok(Served::Status(405));
     }
+    let version = cache::Version::of(&meta);
+    let small = meta.len() <= cache::FILE_MAX;
+    let (file, meta, cached) = match small.then(|| cache::get(path, &version)).flatten() {
+        Some(e) => (None, meta, Some(e)),
+        None => match open(path) {
+            Ok((f, m)) => (Some(f), m, None),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Ok(Served::Status(403));
+            }
+            Err(_) => return Ok(Served::Status(404)),
+        },
+    };
+    // Between the stat and the open the path may have become something
+    // else.
+    if meta.is_dir() {
+        return Ok(Served::Directory);
+    }
+    if !meta.is_file() {
+        return Ok(Served::Status(404));
+    }
     let len = meta.len();
-    let mtime = meta.modified().ok();
-    let mtime_secs = mtime
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let etag = etag(mtime_secs, len);
-    let last_modified = mtime.map(httpdate::fmt_http_date);
+    let cached = match (cached, file) {
+        (Some(e), _) => e,
+        (None, Some(mut file)) => {
+            let mtime = meta.modified().ok();
+            let mtime_secs = mtime
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let etag = http::HeaderValue::try_from(etag(mtime_secs, len)).map_err(|_| Abort)?;
+            let last_modified = mtime
+                .map(httpdate::fmt_http_date)
+                .and_then(|lm| http::HeaderValue::try_from(lm).ok());
+            let version = cache::Version::of(&meta);
+            let body = if len <= cache::FILE_MAX {
+                read_whole(&mut file, len)
+            } else {
+                None
+            };
+            match body {
+                Some(body) => {
+                    let e = cache::Entry {
+                        version,
+                        body,
+                        etag,
+                        last_modified,
+                    };
+                    if version.settled() {
+                        cache::put(path, e.clone());
+                    }
+                    e
+                }
+                None => {
+                    let h = StaticHead {
+                        etag,
+                        last_modified,
+                    };
+                    return serve_body(p, session, ctx, Body::File(file), len, &h, opts).await;
+                }
+            }
+        }
+        (None, None) => return Err(Abort),
+    };
+    let h = StaticHead {
+        etag: cached.etag,
+        last_modified: cached.last_modified,
+    };
+    serve_body(p, session, ctx, Body::Memory(cached.body), len, &h, opts).await
+}
+
+/// The validators of one version of a file.
+struct StaticHead {
+    etag: http::HeaderValue,
+    last_modified: Option<http::HeaderValue>,
+}
+
+/// Where the body comes from.
+enum Body {
+    Memory(bytes::Bytes),
+    File(std::fs::File),
+}
+
+/// Answers a GET or HEAD for a file of `len` bytes with these validators:
+/// 200, 206, 304 or 416.
+async fn serve_body<S: Downstream>(
+    p: &Why502,
+    session: &mut S,
+    ctx: &mut ReqCtx,
+    body: Body,
+    len: u64,
+    v: &StaticHead,
+    opts: &StaticOpts<'_>,
+) -> Result<Served, Abort> {
+    let etag = v.etag.to_str().unwrap_or("");
+    let last_modified = v.last_modified.as_ref().and_then(|v| v.to_str().ok());
 
     let (not_modified, range) = {
         let req = session.req_header();
@@ -180,7 +366,7 @@ pub async fn serve<S: Downstream>(
                 header(http::header::IF_MODIFIED_SINCE),
             ) {
                 (Some(inm), _) => inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
-                (None, Some(ims)) => last_modified.as_deref() == Some(ims),
+                (None, Some(ims)) => last_modified == Some(ims),
                 _ => false,
             };
         let range = if not_modified || opts.status.is_some() {
@@ -219,13 +405,11 @@ pub async fn serve<S: Downstream>(
         }
     }
     if matches!(status, 200 | 206 | 304) {
-        if let Some(v) = last_modified.and_then(|lm| http::HeaderValue::try_from(lm).ok()) {
-            m.insert(hn::LAST_MODIFIED, v);
+        if let Some(lm) = &v.last_modified {
+            m.insert(hn::LAST_MODIFIED, lm.clone());
         }
     }
-    if let Ok(v) = http::HeaderValue::try_from(etag) {
-        m.insert(hn::ETAG, v);
-    }
+    m.insert(hn::ETAG, v.etag.clone());
     if status == 206 {
         if let Ok(v) =
             http::HeaderValue::try_from(format!("bytes {start}-{}/{len}", start + count - 1))
@@ -260,6 +444,19 @@ pub async fn serve<S: Downstream>(
             .map(|_| Served::Done)
             .map_err(|_| Abort);
     }
+    let mut file = match body {
+        Body::Memory(b) => {
+            let end = usize::try_from(start + count).map_err(|_| Abort)?;
+            let part = b.get(start as usize..end).ok_or(Abort)?;
+            ctx.summary.bytes_sent += count;
+            return session
+                .write_response_body(Some(b.slice_ref(part)), true)
+                .await
+                .map(|_| Served::Done)
+                .map_err(|_| Abort);
+        }
+        Body::File(f) => f,
+    };
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).is_err() {
         return Err(Abort);
     }

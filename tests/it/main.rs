@@ -15,6 +15,7 @@ mod app;
 mod body;
 mod client;
 mod connect;
+mod files;
 mod framing;
 mod h1;
 mod h2;
