@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,7 +128,12 @@ pub struct H1Session {
     /// Output not yet written (a response header waiting for its body).
     out: Vec<u8>,
     body_sent: usize,
+    /// This connection's serial number (nginx's `c->number`).
+    number: u64,
 }
+
+/// Connections accepted so far, for their serial numbers.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
     Error::explain(t, msg)
@@ -154,6 +159,7 @@ impl H1Session {
             body_out: BodyOut::NotStarted,
             out: Vec::new(),
             body_sent: 0,
+            number: CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1,
         })
     }
 
@@ -370,19 +376,8 @@ impl H1Session {
         } else {
             "close"
         });
-        if h.has_case() || h.get_reason_phrase() != h.status.canonical_reason() {
-            let _ = h.insert_header(http::header::DATE, date);
-            let _ = h.insert_header(http::header::CONNECTION, connection);
-        } else {
-            // Into the `http` map itself: `insert_header` turns each name
-            // into its title case and parses it back (a third of this
-            // function's cost). Nothing is lost: no case map, no reason
-            // phrase of its own.
-            let mut parts = http::response::Parts::from(*h);
-            parts.headers.insert(http::header::DATE, date);
-            parts.headers.insert(http::header::CONNECTION, connection);
-            *h = ResponseHeader::from(parts);
-        }
+        crate::proxy::downstream::set_header(&mut h, http::header::DATE, date);
+        crate::proxy::downstream::set_header(&mut h, http::header::CONNECTION, connection);
         let out = &mut self.out;
         // Room for the header and a small body sent with it, taken at once
         // (an idle connection gives the buffer back).
@@ -562,6 +557,9 @@ impl Downstream for H1Session {
     }
     fn response_written(&self) -> Option<&ResponseHeader> {
         self.resp.as_deref()
+    }
+    fn connection_number(&self) -> Option<u64> {
+        Some(self.number)
     }
     fn body_bytes_sent(&self) -> usize {
         self.body_sent

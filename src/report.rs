@@ -221,16 +221,33 @@ pub fn nginx_line(
     let pid = *PID.get_or_init(std::process::id);
     let mut s = String::with_capacity(512);
     push_log_time(&mut s);
-    let _ = write!(s, " [{}] {}#0: *{} {}", level, pid, req.conn, message);
+    // Pieces pushed one by one: `write!` costs most of the line.
+    let mut num = itoa::Buffer::new();
+    for part in [" [", level, "] ", num.format(pid), "#0: *"] {
+        s.push_str(part);
+    }
+    for part in [num.format(req.conn), " ", message] {
+        s.push_str(part);
+    }
     if let Some(w) = phase_while {
         s.push(' ');
         s.push_str(w);
     }
-    let _ = write!(
-        s,
-        ", client: {}, server: {}, request: \"{} {} {}\"",
-        req.client_addr, req.server_name, req.method, req.uri, req.protocol
-    );
+    for part in [
+        ", client: ",
+        &req.client_addr,
+        ", server: ",
+        &req.server_name,
+        ", request: \"",
+        &req.method,
+        " ",
+        &req.uri,
+        " ",
+        req.protocol,
+        "\"",
+    ] {
+        s.push_str(part);
+    }
     if !req.upstream.is_empty() {
         // nginx frees the peer before it logs a timeout: a unix socket's
         // name then lacks the ":" that separates it from the URI.
@@ -238,10 +255,14 @@ pub fn nginx_line(
             true => req.upstream.strip_suffix(':').unwrap_or(&req.upstream),
             false => &req.upstream,
         };
-        let _ = write!(s, ", upstream: \"{up}\"");
+        for part in [", upstream: \"", up, "\""] {
+            s.push_str(part);
+        }
     }
     if let Some(h) = &req.host {
-        let _ = write!(s, ", host: \"{h}\"");
+        for part in [", host: \"", h, "\""] {
+            s.push_str(part);
+        }
     }
     truncate_at_char(&mut s, MAX_LINE - 1);
     s.push('\n');
@@ -602,11 +623,9 @@ pub fn log_failure(errlog: &ErrorLog, f: &Failure, req: &RequestSummary) {
     let mut line = nginx_line(f.level(), &f.nginx_message, phase_while, req);
     // why502's addition, after nginx's fields so existing greps keep working.
     line.pop();
-    let _ = write!(
-        line,
-        ", cause: {}, request_id: {}",
-        info.code, req.request_id
-    );
+    for part in [", cause: ", info.code, ", request_id: ", &req.request_id] {
+        line.push_str(part);
+    }
     truncate_at_char(&mut line, MAX_LINE - 1);
     line.push('\n');
     errlog.for_req(req).write_line(&line);

@@ -415,6 +415,7 @@ fn nginx_and_why502_agree() {
     compare_access_logs(&[&ni, &wi, &yi], &names, &sent, &ports, &mut failures);
     compare_addr_selection(&[&ni, &wi, &yi], &ports, &mut failures);
     compare_error_levels(&[&ni, &wi, &yi], &ports, &mut failures);
+    compare_connection_numbers(&[&ni, &wi, &yi], &mut failures);
     // Sanity: the dump really ran for the PHP cases (both).
     let r = send(
         wport,
@@ -816,6 +817,36 @@ fn compare_error_levels(inst: &[&Inst; 3], ports: &[u16], failures: &mut Vec<Str
                     WHO[0], WHO[k]
                 ));
             }
+        }
+    }
+}
+
+/// The `*N` of an error-log line is the connection's number: two failed
+/// requests on one keep-alive connection share it, and it differs from
+/// the earlier connections' (runs after [`compare_error_levels`], whose two
+/// lines are in `err.log` already).
+fn compare_connection_numbers(inst: &[&Inst; 3], failures: &mut Vec<String>) {
+    let n = regex::Regex::new(r"#\d+: \*(\d+) ").expect("re");
+    for (k, i) in inst.iter().enumerate() {
+        let raw = "GET /dead.php HTTP/1.1\r\nHost: err.test\r\n\r\n\
+                   GET /dead.php HTTP/1.1\r\nHost: err.test\r\nConnection: close\r\n\r\n";
+        let r = send_to("127.0.0.1", i.port3, raw);
+        assert_eq!(r.status, 502, "{}", WHO[k]);
+        let lines = log_lines(&i.logs.join("err.log"), 4);
+        let nums: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| n.captures(l).and_then(|c| c.get(1)).map(|m| m.as_str()))
+            .collect();
+        let ok = nums.len() == 4
+            && nums[2] == nums[3]
+            && nums[..2].iter().all(|x| *x != nums[2])
+            && nums[0] != nums[1];
+        if !ok {
+            failures.push(format!(
+                "err.log *N, {}: want two earlier connections and one shared by the \
+                 last two lines: {nums:?}\n{lines:#?}",
+                WHO[k]
+            ));
         }
     }
 }

@@ -163,13 +163,16 @@ impl AccessLogs {
         }
     }
 
-    /// Numbers the connection (`$connection`) on its first request.
-    pub fn start_request(&self, ctx: &mut ReqCtx) {
+    /// Numbers the connection (`$connection`) on its first request: the
+    /// server's number for it (`number`, also the error log's `*N`), else
+    /// the next of this log's own.
+    pub fn start_request(&self, ctx: &mut ReqCtx, number: Option<u64>) {
         if self.track_connections && ctx.log.conn.is_none() {
-            let n = self
-                .conns
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1;
+            let n = number.unwrap_or_else(|| {
+                self.conns
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1
+            });
             ctx.log.conn = Some((n, 1));
         }
     }

@@ -60,6 +60,28 @@ pub trait Downstream: Send {
     fn body_bytes_read(&self) -> usize;
     /// The request header as received (HTTP/1; empty for HTTP/2).
     fn raw_request_header(&self) -> Bytes;
+    /// The connection's serial number (nginx's `*N` in error-log lines and
+    /// `$connection`), where the server numbers its connections.
+    fn connection_number(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Sets header `name` (replacing any value) to `value`. A header without a
+/// case map or a reason phrase of its own gets it in its `http` map
+/// directly: `insert_header` turns the name into its title case and parses
+/// that back, several times the cost of the insert.
+pub fn set_header(h: &mut ResponseHeader, name: http::HeaderName, value: http::HeaderValue) {
+    if h.has_case() || h.get_reason_phrase() != h.status.canonical_reason() {
+        let _ = h.insert_header(name, value);
+        return;
+    }
+    let mut parts = http::response::Parts::from(std::mem::replace(
+        h,
+        ResponseHeader::from(http::Response::new(()).into_parts().0),
+    ));
+    parts.headers.insert(name, value);
+    *h = ResponseHeader::from(parts);
 }
 
 /// A response header with headers whose names why502 sets itself (not

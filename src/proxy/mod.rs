@@ -365,7 +365,9 @@ impl Why502 {
         let n = self.rt.conns.fetch_add(1, Ordering::Relaxed) + 1;
         let req = session.req_header();
         let s = &mut ctx.summary;
-        s.conn = n;
+        // `*N`: the connection's number where the server keeps one (the
+        // own HTTP/1 server), else the request's.
+        s.conn = session.connection_number().unwrap_or(n);
         s.request_id = new_request_id(n);
         let client = session.client_addr().map(|a| a.ip());
         s.client = client;
@@ -388,7 +390,9 @@ impl Why502 {
             .map(str::to_string)
             .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()));
         ctx.start = Some(Instant::now());
-        self.rt.access.start_request(ctx);
+        self.rt
+            .access
+            .start_request(ctx, session.connection_number());
     }
 
     pub async fn handle<S: Downstream>(
@@ -887,11 +891,11 @@ impl Why502 {
             return Err(Abort);
         }
         use http::header as hn;
-        let mut m = http::HeaderMap::with_capacity(8);
+        // Room for the diagnosis headers and the three the server adds
+        // (Server, Date, Connection): a map that grows rehashes.
+        let mut m = http::HeaderMap::with_capacity(16);
         m.insert(hn::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
-        if let Ok(v) = HeaderValue::try_from(r.body.len().to_string()) {
-            m.insert(hn::CONTENT_LENGTH, v);
-        }
+        m.insert(hn::CONTENT_LENGTH, HeaderValue::from(r.body.len()));
         m.insert(hn::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // The diagnosis headers under their default names need no case map
         // (see `downstream::response_header`); configured names keep theirs.
@@ -932,11 +936,18 @@ impl Why502 {
         } else {
             String::new()
         };
-        let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
+        let mut m = http::HeaderMap::with_capacity(8);
         if !body.is_empty() {
-            let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
+            m.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html"),
+            );
         }
-        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+        m.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let code = http::StatusCode::from_u16(code).map_err(|_| Abort)?;
+        // No case map unless `add_header` names need theirs.
+        let titled = session.titles_header_names() && ctx.add_headers.is_empty();
+        let mut h = downstream::response_header(titled, code, m);
         self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(body)).await
     }
@@ -1042,7 +1053,11 @@ impl Why502 {
         mut h: ResponseHeader,
         body: Bytes,
     ) -> Result<(), Abort> {
-        let _ = h.insert_header(http::header::SERVER, "why502");
+        downstream::set_header(
+            &mut h,
+            http::header::SERVER,
+            http::HeaderValue::from_static("why502"),
+        );
         // The request body (if any) was not read: don't keep the connection.
         if !session.is_body_done() {
             session.set_keepalive(None);
