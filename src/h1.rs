@@ -130,6 +130,8 @@ pub struct H1Session {
     body_sent: usize,
     /// This connection's serial number (nginx's `c->number`).
     number: u64,
+    /// The size of the last response header written.
+    head_len: usize,
 }
 
 /// Connections accepted so far, for their serial numbers.
@@ -160,6 +162,7 @@ impl H1Session {
             out: Vec::new(),
             body_sent: 0,
             number: CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1,
+            head_len: 0,
         })
     }
 
@@ -342,7 +345,7 @@ impl H1Session {
         }
     }
 
-    async fn write_header(&mut self, mut h: Box<ResponseHeader>, end: bool) -> Result<()> {
+    async fn write_header(&mut self, h: Box<ResponseHeader>, end: bool) -> Result<()> {
         if self.body_out != BodyOut::NotStarted {
             return Ok(());
         }
@@ -370,15 +373,8 @@ impl H1Session {
         if mode == BodyOut::Close {
             self.keepalive = false;
         }
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        let connection = http::HeaderValue::from_static(if self.keepalive {
-            "keep-alive"
-        } else {
-            "close"
-        });
-        crate::proxy::downstream::set_header(&mut h, http::header::DATE, date);
-        crate::proxy::downstream::set_header(&mut h, http::header::CONNECTION, connection);
         let out = &mut self.out;
+        let start = out.len();
         // Room for the header and a small body sent with it, taken at once
         // (an idle connection gives the buffer back).
         out.reserve(
@@ -394,17 +390,40 @@ impl H1Session {
             out.extend_from_slice(r.as_bytes());
         }
         out.extend_from_slice(b"\r\n");
+        // `Date` and `Connection` are the server's own: written here, after
+        // the others, in place of any in the map (not put in the map: that
+        // costs more than the rest of the header).
         if h.has_case() {
-            h.header_to_h1_wire(out);
+            for (name, value) in h.case_header_iter() {
+                let n = name.as_slice();
+                if n.eq_ignore_ascii_case(b"date") || n.eq_ignore_ascii_case(b"connection") {
+                    continue;
+                }
+                for part in [n, b": ", value.as_bytes(), b"\r\n"] {
+                    out.extend_from_slice(part);
+                }
+            }
         } else {
             for (name, value) in h.headers.iter() {
+                if name == http::header::DATE || name == http::header::CONNECTION {
+                    continue;
+                }
                 put_title(out, name);
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(value.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
         }
-        out.extend_from_slice(b"\r\n");
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        for part in [b"Date: ", date.as_bytes(), b"\r\nConnection: "] {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(if self.keepalive {
+            b"keep-alive\r\n\r\n"
+        } else {
+            b"close\r\n\r\n"
+        });
+        self.head_len = out.len() - start;
         self.body_out = mode;
         self.resp = Some(h);
         match mode {
@@ -560,6 +579,18 @@ impl Downstream for H1Session {
     }
     fn connection_number(&self) -> Option<u64> {
         Some(self.number)
+    }
+    fn sent_header_len(&self) -> Option<usize> {
+        self.resp.as_ref().map(|_| self.head_len)
+    }
+    fn sent_connection(&self) -> Option<&'static str> {
+        self.resp.as_ref().map(|_| {
+            if self.keepalive {
+                "keep-alive"
+            } else {
+                "close"
+            }
+        })
     }
     fn body_bytes_sent(&self) -> usize {
         self.body_sent
@@ -1327,6 +1358,51 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(target)
             );
+        }
+    }
+
+    /// `Date` and `Connection` are written by the session, not kept in the
+    /// map: one of each on the wire (in place of any in the map), and
+    /// `sent_header_len` is the header's size as sent.
+    #[tokio::test]
+    async fn date_and_connection_are_the_sessions_own() {
+        use tokio::io::AsyncReadExt;
+        for case in [false, true] {
+            let (stream, mut c) = pair().await;
+            let mut s = H1Session::new(stream).unwrap();
+            s.buf
+                .extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(matches!(parse_request(&mut s), Some(Ok(()))));
+            s.keepalive = true;
+            let mut h = if case {
+                ResponseHeader::build(200, None).unwrap()
+            } else {
+                ResponseHeader::build_no_case(200, None).unwrap()
+            };
+            h.insert_header("content-length", "2").unwrap();
+            h.insert_header("Date", "stale").unwrap();
+            h.insert_header("connection", "close").unwrap();
+            h.insert_header("X-App", "1").unwrap();
+            assert!(s.write_header(Box::new(h), false).await.is_ok());
+            assert!(s
+                .write_body(Some(Bytes::from_static(b"ok")), true)
+                .await
+                .is_ok());
+            let _ = s.stream.shutdown().await;
+            let sent_len = s.sent_header_len();
+            drop(s);
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.unwrap();
+            let text = String::from_utf8_lossy(&got).to_string();
+            let head = text.find("\r\n\r\n").map(|i| i + 4).unwrap();
+            assert_eq!(sent_len, Some(head), "{text}");
+            assert!(text.ends_with("\r\n\r\nok"), "{text}");
+            let lower = text.to_ascii_lowercase();
+            assert_eq!(lower.matches("\r\ndate: ").count(), 1, "{text}");
+            assert!(!text.contains("stale"), "{text}");
+            assert_eq!(lower.matches("\r\nconnection: ").count(), 1, "{text}");
+            assert!(text.contains("\r\nConnection: keep-alive\r\n"), "{text}");
+            assert!(text.contains("\r\nX-App: 1\r\n"), "{text}");
         }
     }
 

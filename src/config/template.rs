@@ -109,6 +109,11 @@ pub struct Template {
 /// Supplies variable values for one request.
 pub trait Vars {
     fn var(&self, v: &Var) -> Cow<'_, str>;
+    /// Appends the variable's value to `out` (what [`Vars::var`] gives,
+    /// without a `String` of its own where the value is made here).
+    fn append(&self, v: &Var, out: &mut String) {
+        out.push_str(&self.var(v));
+    }
 }
 
 impl Template {
@@ -193,6 +198,25 @@ impl Template {
             [Piece::Lit(s)] => Cow::Borrowed(s),
             [Piece::Var(v)] => vars.var(v),
             _ => Cow::Owned(self.eval(vars)),
+        }
+    }
+
+    /// Appends the value to `out` (no allocation of its own).
+    pub fn eval_into(&self, vars: &dyn Vars, out: &mut String) {
+        for p in &self.pieces {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Var(v) => vars.append(v, out),
+            }
+        }
+    }
+
+    /// The text, when the template is one literal.
+    pub fn as_literal(&self) -> Option<&str> {
+        match self.pieces.as_slice() {
+            [] => Some(""),
+            [Piece::Lit(s)] => Some(s),
+            _ => None,
         }
     }
 

@@ -326,6 +326,9 @@ impl<S: Downstream> Values<'_, S> {
         let Some(h) = self.session.response_written() else {
             return 0;
         };
+        if let Some(n) = self.session.sent_header_len() {
+            return n;
+        }
         let reason = h
             .get_reason_phrase()
             .or_else(|| h.status.canonical_reason())
@@ -462,6 +465,13 @@ impl<S: Downstream> LogValues for Values<'_, S> {
                 .as_ref()
                 .map(|f| Cow::Borrowed(f.cause.code().as_bytes())),
             LogVar::Header(name) => self.header(name),
+            LogVar::SentHttp(name)
+                if name == "connection" && self.session.sent_connection().is_some() =>
+            {
+                self.session
+                    .sent_connection()
+                    .map(|c| Cow::Borrowed(c.as_bytes()))
+            }
             LogVar::SentHttp(name) => {
                 let h = self.session.response_written()?;
                 h.headers

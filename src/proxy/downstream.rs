@@ -65,6 +65,16 @@ pub trait Downstream: Send {
     fn connection_number(&self) -> Option<u64> {
         None
     }
+    /// The size of the response header as written, where the server writes
+    /// headers that are not in [`Downstream::response_written`]'s map
+    /// (`Date`, `Connection`).
+    fn sent_header_len(&self) -> Option<usize> {
+        None
+    }
+    /// `$sent_http_connection` where `Connection` is not in the map.
+    fn sent_connection(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Sets header `name` (replacing any value) to `value`. A header without a

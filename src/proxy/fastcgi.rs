@@ -34,8 +34,17 @@ const READ_CHUNK: usize = 32 * 1024;
 /// request headers as `HTTP_*` (nginx's `fastcgi_pass_request_headers`).
 pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> BytesMut {
     let mut p = BytesMut::with_capacity(1024);
+    // Values are made in one reused buffer, not a `String` each.
+    let mut value = String::with_capacity(256);
     for param in &fc.params {
-        let v = param.value.eval_cow(vars);
+        let v = match param.value.as_literal() {
+            Some(v) => v,
+            None => {
+                value.clear();
+                param.value.eval_into(vars, &mut value);
+                &value
+            }
+        };
         if param.if_not_empty && v.is_empty() {
             continue;
         }

@@ -90,14 +90,24 @@ impl<'a> ReqVars<'a> {
         }
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: impl http::header::AsHeaderName) -> Option<&str> {
         self.req.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// `$host`: Host header without port, lower-case; else the server name.
     pub fn host(&self) -> Cow<'_, str> {
-        match self.header("host").or_else(|| self.req.uri.host()) {
-            Some(h) => Cow::Owned(host_without_port(h)),
+        match self
+            .header(http::header::HOST)
+            .or_else(|| self.req.uri.host())
+        {
+            Some(h) => {
+                let bare = host_part(h);
+                if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Cow::Owned(bare.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(bare)
+                }
+            }
             None => Cow::Borrowed(self.server_name),
         }
     }
@@ -105,31 +115,43 @@ impl<'a> ReqVars<'a> {
 
 /// A Host value without its port, lower-case (`$host` when there is one).
 pub fn host_without_port(h: &str) -> String {
-    let h = if h.starts_with('[') {
+    host_part(h).to_ascii_lowercase()
+}
+
+/// A Host value without its port.
+fn host_part(h: &str) -> &str {
+    if h.starts_with('[') {
         h.split_once(']')
             .map(|(a, _)| &h[..a.len() + 1])
             .unwrap_or(h)
     } else {
         h.split(':').next().unwrap_or(h)
-    };
-    h.to_ascii_lowercase()
+    }
 }
 
 /// An IP address as text, without `core::fmt` for IPv4 (the `Display` impl
 /// pads and aligns and showed up in profiles: two addresses per request).
 pub fn ip_text(ip: std::net::IpAddr) -> String {
+    let mut s = String::with_capacity(15);
+    push_ip(&mut s, ip);
+    s
+}
+
+/// Appends an IP address as text (see [`ip_text`]).
+pub fn push_ip(s: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     s.push('.');
                 }
-                push_u16(&mut s, u16::from(o));
+                push_u16(s, u16::from(o));
             }
-            s
         }
-        v6 => v6.to_string(),
+        v6 => {
+            use std::fmt::Write;
+            let _ = write!(s, "{v6}");
+        }
     }
 }
 
@@ -141,20 +163,7 @@ pub fn u16_text(n: u16) -> String {
 }
 
 fn push_u16(s: &mut String, n: u16) {
-    let mut buf = [0u8; 5];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        s.push(char::from(b));
-    }
+    s.push_str(itoa::Buffer::new().format(n));
 }
 
 fn arg_value<'s>(args: &'s str, name: &str) -> Option<&'s str> {
@@ -182,7 +191,11 @@ impl Vars for ReqVars<'_> {
             } else {
                 ""
             }),
-            DocumentRoot => self.root.to_string_lossy(),
+            // `to_str` first: `to_string_lossy` walks the path in chunks.
+            DocumentRoot => match self.root.to_str() {
+                Some(r) => Cow::Borrowed(r),
+                None => self.root.to_string_lossy(),
+            },
             RealpathRoot => Cow::Owned(
                 std::fs::canonicalize(self.root)
                     .map(|p| p.to_string_lossy().into_owned())
@@ -206,8 +219,8 @@ impl Vars for ReqVars<'_> {
             Scheme => Cow::Borrowed(if self.https { "https" } else { "http" }),
             Https => Cow::Borrowed(if self.https { "on" } else { "" }),
             RequestMethod => Cow::Borrowed(self.method),
-            ContentType => Cow::Borrowed(self.header("content-type").unwrap_or("")),
-            ContentLength => match (self.header("content-length"), self.body_len) {
+            ContentType => Cow::Borrowed(self.header(http::header::CONTENT_TYPE).unwrap_or("")),
+            ContentLength => match (self.header(http::header::CONTENT_LENGTH), self.body_len) {
                 (Some(v), _) => Cow::Borrowed(v),
                 (None, Some(n)) => Cow::Owned(n.to_string()),
                 (None, None) => Cow::Borrowed(""),
@@ -257,6 +270,17 @@ impl Vars for ReqVars<'_> {
                     .unwrap_or(""),
             ),
             User(name) => Cow::Borrowed(self.user.get(name).map(String::as_str).unwrap_or("")),
+        }
+    }
+
+    fn append(&self, v: &Var, out: &mut String) {
+        use Var::*;
+        match v {
+            RemoteAddr => self.client.iter().for_each(|a| push_ip(out, a.ip())),
+            RemotePort => self.client.iter().for_each(|a| push_u16(out, a.port())),
+            ServerAddr => self.local.iter().for_each(|a| push_ip(out, a.ip())),
+            ServerPort => self.local.iter().for_each(|a| push_u16(out, a.port())),
+            v => out.push_str(&self.var(v)),
         }
     }
 }
