@@ -767,12 +767,14 @@ impl Exchange<'_> {
             let _ = h.set_reason_phrase(Some(r));
         }
         for (name, value) in head.headers {
-            let lname = name.to_ascii_lowercase();
-            if lname.starts_with("x-accel-")
-                || matches!(
-                    lname.as_str(),
-                    "status" | "connection" | "keep-alive" | "transfer-encoding"
-                )
+            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            if name
+                .get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("x-accel-"))
+                || is("status")
+                || is("connection")
+                || is("keep-alive")
+                || is("transfer-encoding")
                 || self
                     .fc
                     .hide_headers
@@ -781,7 +783,8 @@ impl Exchange<'_> {
             {
                 continue;
             }
-            if lname == "content-length" {
+            let content_length = is("content-length");
+            if content_length {
                 let parsed = std::str::from_utf8(&value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
@@ -803,10 +806,12 @@ impl Exchange<'_> {
                 Err(_) => continue,
             };
             // nginx prints these two with canonical names; others keep the app's case.
-            let res = match lname.as_str() {
-                "content-type" => h.append_header(http::header::CONTENT_TYPE, hv),
-                "content-length" => h.append_header(http::header::CONTENT_LENGTH, hv),
-                _ => h.append_header(name, hv),
+            let res = if is("content-type") {
+                h.append_header(http::header::CONTENT_TYPE, hv)
+            } else if content_length {
+                h.append_header(http::header::CONTENT_LENGTH, hv)
+            } else {
+                h.append_header(name, hv)
             };
             if res.is_err() {
                 continue;
