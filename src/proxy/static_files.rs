@@ -144,7 +144,7 @@ mod cache {
     /// Largest file kept (one read, one write).
     pub const FILE_MAX: u64 = 64 * 1024;
     /// Bytes kept per thread, at most; the cache is emptied when full.
-    const TOTAL_MAX: usize = 16 * 1024 * 1024;
+    const TOTAL_MAX: usize = 8 * 1024 * 1024;
     const ENTRIES_MAX: usize = 4096;
 
     /// What identifies one version of a file.
@@ -295,32 +295,26 @@ pub async fn serve<S: Downstream>(
                 .map(httpdate::fmt_http_date)
                 .and_then(|lm| http::HeaderValue::try_from(lm).ok());
             let version = cache::Version::of(&meta);
-            let body = if len <= cache::FILE_MAX {
-                read_whole(&mut file, len)
-            } else {
-                None
-            };
-            match body {
-                Some(body) => {
-                    let e = cache::Entry {
-                        version,
-                        body,
-                        etag,
-                        last_modified,
-                    };
-                    if version.settled() {
-                        cache::put(path, e.clone());
-                    }
-                    e
-                }
-                None => {
-                    let h = StaticHead {
-                        etag,
-                        last_modified,
-                    };
-                    return serve_body(p, session, ctx, Body::File(file), len, &h, opts).await;
-                }
+            if len > cache::FILE_MAX {
+                let h = StaticHead {
+                    etag,
+                    last_modified,
+                };
+                return serve_body(p, session, ctx, Body::File(file), len, &h, opts).await;
             }
+            // Shorter than its length (it shrank since the fstat), or a
+            // read error: nothing was sent, the connection is dropped.
+            let body = read_whole(&mut file, len).ok_or(Abort)?;
+            let e = cache::Entry {
+                version,
+                body,
+                etag,
+                last_modified,
+            };
+            if version.settled() {
+                cache::put(path, e.clone());
+            }
+            e
         }
         (None, None) => return Err(Abort),
     };
