@@ -854,6 +854,46 @@ mod tests {
         assert!(m.candidates(None).is_none());
     }
 
+    /// nginx's order among the servers of one address: exact name, longest
+    /// leading wildcard, first trailing wildcard, first matching regex,
+    /// else the default (the first). Host is matched without its port and
+    /// trailing dot, case-insensitively.
+    #[test]
+    fn server_names_in_nginx_order() {
+        let at = || vec![listen("127.0.0.1:8080", false, false)];
+        let mut servers = vec![
+            server("default.test", at()),
+            server("*.example.com", at()),
+            server("*.deep.example.com", at()),
+            server(".example.org", at()),
+            server("www.example.*", at()),
+            server("~^api\\d+\\.test$", at()),
+            server("Exact.Example.com", at()),
+            server("~(", at()),
+        ];
+        servers[0].names.push("second-name.test".into());
+        let m = ListenMap::new(&servers);
+        let c = m.candidates("127.0.0.1:8080".parse().ok()).unwrap_or(&[]);
+        let pick = |host: &str| {
+            m.select_server_index(c, Some(host))
+                .map(|i| servers[i].names[0].clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(pick("exact.example.com"), "Exact.Example.com");
+        assert_eq!(pick("EXACT.example.com:8080"), "Exact.Example.com");
+        assert_eq!(pick("a.example.com"), "*.example.com");
+        assert_eq!(pick("a.deep.example.com"), "*.deep.example.com", "longest");
+        assert_eq!(pick("example.com"), "default.test", "*. needs a label");
+        assert_eq!(pick("example.org."), ".example.org");
+        assert_eq!(pick("x.example.org"), ".example.org");
+        assert_eq!(pick("www.example.net"), "www.example.*");
+        assert_eq!(pick("www.example.com"), "*.example.com", "leading first");
+        assert_eq!(pick("api7.test"), "~^api\\d+\\.test$");
+        assert_eq!(pick("api.test"), "default.test");
+        assert_eq!(pick("second-name.test"), "default.test");
+        assert_eq!(m.select_server_index(c, None), Some(0));
+    }
+
     #[test]
     fn one_socket_per_port_under_a_wildcard() {
         let ls = vec![
