@@ -242,87 +242,86 @@ pub async fn serve<S: Downstream>(
     // are normally in the page cache, and tokio::fs would hop to the blocking
     // thread pool three or four times per request (4x the CPU, measured).
     // First `stat()`: a small file may be in memory already ([`cache`]).
-    // The answers for what it finds are those of `open()` (nginx's
-    // `ngx_open_cached_file`): 403 when a directory on the way cannot be
-    // searched, 404 when nothing is there or it is not a regular file.
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Ok(Served::Status(403));
-        }
-        Err(_) => return Ok(Served::Status(404)),
+        Err(e) => return Ok(unreachable_file(&e)),
     };
-    if meta.is_dir() {
-        return Ok(Served::Directory);
-    }
-    if !meta.is_file() {
-        return Ok(Served::Status(404));
+    if let Some(s) = not_a_file(&meta) {
+        return Ok(s);
     }
     if !get_or_head {
         return Ok(Served::Status(405));
     }
-    let version = cache::Version::of(&meta);
-    let small = meta.len() <= cache::FILE_MAX;
-    let (file, meta, cached) = match small.then(|| cache::get(path, &version)).flatten() {
-        Some(e) => (None, meta, Some(e)),
-        None => match open(path) {
-            Ok((f, m)) => (Some(f), m, None),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Ok(Served::Status(403));
-            }
-            Err(_) => return Ok(Served::Status(404)),
-        },
+    if meta.len() <= cache::FILE_MAX {
+        if let Some(e) = cache::get(path, &cache::Version::of(&meta)) {
+            let h = StaticHead {
+                etag: e.etag,
+                last_modified: e.last_modified,
+            };
+            return serve_body(p, session, ctx, Body::Memory(e.body), meta.len(), &h, opts).await;
+        }
+    }
+    let (mut file, meta) = match open(path) {
+        Ok(fm) => fm,
+        Err(e) => return Ok(unreachable_file(&e)),
     };
     // Between the stat and the open the path may have become something
     // else.
-    if meta.is_dir() {
-        return Ok(Served::Directory);
-    }
-    if !meta.is_file() {
-        return Ok(Served::Status(404));
+    if let Some(s) = not_a_file(&meta) {
+        return Ok(s);
     }
     let len = meta.len();
-    let cached = match (cached, file) {
-        (Some(e), _) => e,
-        (None, Some(mut file)) => {
-            let mtime = meta.modified().ok();
-            let mtime_secs = mtime
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let etag = http::HeaderValue::try_from(etag(mtime_secs, len)).map_err(|_| Abort)?;
-            let last_modified = mtime
-                .map(httpdate::fmt_http_date)
-                .and_then(|lm| http::HeaderValue::try_from(lm).ok());
-            let version = cache::Version::of(&meta);
-            if len > cache::FILE_MAX {
-                let h = StaticHead {
-                    etag,
-                    last_modified,
-                };
-                return serve_body(p, session, ctx, Body::File(file), len, &h, opts).await;
-            }
-            // Shorter than its length (it shrank since the fstat), or a
-            // read error: nothing was sent, the connection is dropped.
-            let body = read_whole(&mut file, len).ok_or(Abort)?;
-            let e = cache::Entry {
-                version,
-                body,
-                etag,
-                last_modified,
-            };
-            if version.settled() {
-                cache::put(path, e.clone());
-            }
-            e
-        }
-        (None, None) => return Err(Abort),
-    };
+    let mtime = meta.modified().ok();
+    let mtime_secs = mtime
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let h = StaticHead {
-        etag: cached.etag,
-        last_modified: cached.last_modified,
+        etag: http::HeaderValue::try_from(etag(mtime_secs, len)).map_err(|_| Abort)?,
+        last_modified: mtime
+            .map(httpdate::fmt_http_date)
+            .and_then(|lm| http::HeaderValue::try_from(lm).ok()),
     };
-    serve_body(p, session, ctx, Body::Memory(cached.body), len, &h, opts).await
+    if len > cache::FILE_MAX {
+        return serve_body(p, session, ctx, Body::File(file), len, &h, opts).await;
+    }
+    // Shorter than its length (it shrank since the fstat), or a read
+    // error: nothing was sent, the connection is dropped.
+    let body = read_whole(&mut file, len).ok_or(Abort)?;
+    let version = cache::Version::of(&meta);
+    if version.settled() {
+        cache::put(
+            path,
+            cache::Entry {
+                version,
+                body: body.clone(),
+                etag: h.etag.clone(),
+                last_modified: h.last_modified.clone(),
+            },
+        );
+    }
+    serve_body(p, session, ctx, Body::Memory(body), len, &h, opts).await
+}
+
+/// What `stat()` or `open()` failing means (nginx's
+/// `ngx_open_cached_file`): 403 when a directory on the way cannot be
+/// searched, else 404.
+fn unreachable_file(e: &std::io::Error) -> Served {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Served::Status(403),
+        _ => Served::Status(404),
+    }
+}
+
+/// A directory is redirected; anything else but a regular file is 404.
+fn not_a_file(m: &std::fs::Metadata) -> Option<Served> {
+    if m.is_dir() {
+        Some(Served::Directory)
+    } else if !m.is_file() {
+        Some(Served::Status(404))
+    } else {
+        None
+    }
 }
 
 /// The validators of one version of a file.
