@@ -37,11 +37,11 @@ use tokio::sync::watch;
 use crate::proxy::downstream::Downstream;
 
 /// nginx `client_header_timeout`.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx `keepalive_timeout`.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// nginx `send_timeout`.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx `lingering_time`: the longest a closing connection reads (and
 /// drops) what the client still sends.
 const LINGERING_TIME: Duration = Duration::from_secs(30);
@@ -63,6 +63,11 @@ const COALESCE: usize = 16 * 1024;
 /// current request, idle ones within a second.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
+/// The server is shutting down.
+pub(crate) fn stopping() -> bool {
+    STOPPING.load(Ordering::Relaxed)
+}
+
 /// What the server calls for each request.
 pub trait App: Send + Sync + 'static {
     /// State carried from one request to the next on a connection.
@@ -73,6 +78,12 @@ pub trait App: Send + Sync + 'static {
         &'a self,
         s: &'a mut H1Session,
         conn: &'a mut Self::Conn,
+    ) -> impl Future<Output = bool> + Send + 'a;
+    /// Serves one HTTP/2 stream ([`crate::h2`]); `false`: the response was
+    /// aborted or is incomplete (the stream is reset).
+    fn serve_h2<'a>(
+        &'a self,
+        s: &'a mut crate::h2::H2Session,
     ) -> impl Future<Output = bool> + Send + 'a;
 }
 
@@ -137,6 +148,11 @@ pub struct H1Session {
 /// Connections accepted so far, for their serial numbers.
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
+/// The serial number of a new connection.
+fn next_connection_number() -> u64 {
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
 fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
     Error::explain(t, msg)
 }
@@ -161,7 +177,7 @@ impl H1Session {
             body_out: BodyOut::NotStarted,
             out: Vec::new(),
             body_sent: 0,
-            number: CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1,
+            number: next_connection_number(),
             head_len: 0,
         })
     }
@@ -1022,9 +1038,20 @@ fn refusal(code: u16, detail: &str) -> Vec<u8> {
     out
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve_connection<A: App>(app: &A, stream: TcpStream) {
+/// Serves one client connection until it closes. `h2`: the listener takes
+/// HTTP/2 with prior knowledge (h2c) too, told apart by its preface.
+pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, h2: bool) {
     let _ = stream.set_nodelay(true);
+    if h2 {
+        match crate::h2::sniff(&stream).await {
+            None => return,
+            Some(true) => {
+                let n = next_connection_number();
+                return Box::pin(crate::h2::serve_connection(app, stream, n)).await;
+            }
+            Some(false) => {}
+        }
+    }
     let Some(mut s) = H1Session::new(stream) else {
         return;
     };
@@ -1118,8 +1145,8 @@ pub fn bind(addr: SocketAddr, ipv6_only: bool) -> std::io::Result<std::net::TcpL
     Ok(s.into())
 }
 
-/// Runs the server: `threads` threads, each with its own single-threaded
-/// runtime. Every thread accepts from every socket and hands each new
+/// Runs the server on `sockets` (each with whether it takes h2c too):
+/// `threads` threads, each with its own single-threaded runtime. Every thread accepts from every socket and hands each new
 /// connection to the thread with the fewest connections (itself on a tie),
 /// which then serves it to the end: the connections are spread evenly even
 /// when a burst of them arrives at once, and a request never crosses
@@ -1127,7 +1154,7 @@ pub fn bind(addr: SocketAddr, ipv6_only: bool) -> std::io::Result<std::net::TcpL
 /// their connections have finished (or after `grace`).
 pub fn run<A: App>(
     app: Arc<A>,
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Vec<(std::net::TcpListener, bool)>,
     threads: usize,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -1137,7 +1164,7 @@ pub fn run<A: App>(
     let mut txs = Vec::with_capacity(n);
     let mut rxs = Vec::with_capacity(n);
     for _ in 0..n {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, bool)>();
         txs.push(tx);
         rxs.push(rx);
     }
@@ -1146,7 +1173,7 @@ pub fn run<A: App>(
     for (i, mut rx) in rxs.into_iter().enumerate() {
         let socks = sockets
             .iter()
-            .map(|l| l.try_clone())
+            .map(|(l, h2)| Ok((l.try_clone()?, *h2)))
             .collect::<std::io::Result<Vec<_>>>()?;
         let app = app.clone();
         let shutdown = shutdown.clone();
@@ -1172,10 +1199,10 @@ pub fn run<A: App>(
                     shutdown,
                 };
                 rt.block_on(async move {
-                    for sock in socks {
+                    for (sock, h2) in socks {
                         match tokio::net::TcpListener::from_std(sock) {
                             Ok(l) => {
-                                tokio::spawn(w.clone().accept_loop(l, txs.clone()));
+                                tokio::spawn(w.clone().accept_loop(l, h2, txs.clone()));
                             }
                             Err(e) => eprintln!("why502: cannot listen: {e}"),
                         }
@@ -1183,9 +1210,9 @@ pub fn run<A: App>(
                     // Connections handed over by the other threads.
                     let w2 = w.clone();
                     tokio::spawn(async move {
-                        while let Some(s) = rx.recv().await {
+                        while let Some((s, h2)) = rx.recv().await {
                             match TcpStream::from_std(s) {
-                                Ok(s) => w2.spawn_conn(s),
+                                Ok(s) => w2.spawn_conn(s, h2),
                                 Err(_) => {
                                     w2.active[w2.me].fetch_sub(1, Ordering::Relaxed);
                                 }
@@ -1234,10 +1261,10 @@ impl<A> Clone for Worker<A> {
 
 impl<A: App> Worker<A> {
     /// Serves `s` on this thread (its `active` count is already raised).
-    fn spawn_conn(&self, s: TcpStream) {
+    fn spawn_conn(&self, s: TcpStream, h2: bool) {
         let w = self.clone();
         tokio::spawn(async move {
-            serve_connection(&*w.app, s).await;
+            serve_connection(&*w.app, s, h2).await;
             w.active[w.me].fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -1259,7 +1286,8 @@ impl<A: App> Worker<A> {
     async fn accept_loop(
         self,
         l: tokio::net::TcpListener,
-        txs: Arc<Vec<tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>>>,
+        h2: bool,
+        txs: Arc<Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, bool)>>>,
     ) {
         let mut sd = self.shutdown.clone();
         loop {
@@ -1278,7 +1306,7 @@ impl<A: App> Worker<A> {
             let to = self.least_busy();
             self.active[to].fetch_add(1, Ordering::Relaxed);
             if to == self.me {
-                self.spawn_conn(s);
+                self.spawn_conn(s, h2);
                 continue;
             }
             // Hand it over: the other thread registers it with its own
@@ -1286,7 +1314,7 @@ impl<A: App> Worker<A> {
             let sent = s
                 .into_std()
                 .ok()
-                .and_then(|s| txs.get(to).map(|tx| tx.send(s).is_ok()));
+                .and_then(|s| txs.get(to).map(|tx| tx.send((s, h2)).is_ok()));
             if sent != Some(true) {
                 self.active[to].fetch_sub(1, Ordering::Relaxed);
             }
@@ -1302,6 +1330,9 @@ mod tests {
     struct Big;
     impl App for Big {
         type Conn = ();
+        async fn serve_h2(&self, _: &mut crate::h2::H2Session) -> bool {
+            false
+        }
         async fn serve(&self, s: &mut H1Session, _: &mut ()) -> bool {
             let mut scratch = [0u8; 16 * 1024];
             let n = s.fill().await.unwrap_or(0);
@@ -1411,7 +1442,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_task_stays_small() {
         let (stream, c) = pair().await;
-        let f = serve_connection(&Big, stream);
+        let f = serve_connection(&Big, stream, true);
         let size = std::mem::size_of_val(&f);
         assert!(size < 1536, "a connection's future is {size} bytes");
         drop(c);

@@ -13,7 +13,8 @@
 //!   [`accesslog`]: `log_format` / `access_log` as nginx writes them;
 //!   [`stderr`]: diagnosis from PHP's stderr.
 //! - [`cli`], [`server`]: the command line and the Pingora server; [`h1`]:
-//!   why502's own HTTP/1.1 server for the plain listeners;
+//!   why502's own HTTP/1.1 server for the plain listeners, [`h2`] its
+//!   HTTP/2 (h2c) side;
 //!   [`demo`] the failure gallery; [`fpm`] and [`fake_fcgi`] start a real
 //!   PHP-FPM and a misbehaving FastCGI responder (demo and tests).
 
@@ -27,6 +28,7 @@ pub mod fake_fcgi;
 pub mod fastcgi;
 pub mod fpm;
 pub mod h1;
+pub mod h2;
 pub mod nginx;
 pub mod proxy;
 pub mod report;

@@ -110,16 +110,16 @@ pub fn run(config: Config) -> Result<(), String> {
         .into_iter()
         .cloned()
         .collect();
-    let h2c = all.iter().any(|l| l.tls.is_none() && l.http2);
+    let h2c = |ls: &[&crate::config::Listen]| ls.iter().any(|l| l.tls.is_none() && l.http2);
     // Pingora panics in a service thread (and the process lingers) when a
     // listener cannot be bound: try every address first, for a clear error.
     for l in &listens {
         std::net::TcpListener::bind(l.addr)
             .map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
     }
-    // Plain HTTP/1 listeners that only route to FastCGI, static files and
-    // `return`s are served by why502's own HTTP/1 server; Pingora serves
-    // TLS, HTTP/2 and the ports with HTTP backends.
+    // Plain listeners (HTTP/1, h2c) that only route to FastCGI, static
+    // files and `return`s are served by why502's own HTTP/1 and HTTP/2
+    // servers; Pingora serves TLS and the ports with HTTP backends.
     let (own, pingora): (Vec<_>, Vec<_>) = listens
         .iter()
         .partition(|l| crate::proxy::own::serves(&config, l));
@@ -135,6 +135,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .iter()
         .map(|l| {
             crate::h1::bind(l.addr, ipv6_only(l))
+                .map(|s| (s, l.http2))
                 .map_err(|e| format!("cannot listen on {}: {e}", l.addr))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -181,7 +182,7 @@ pub fn run(config: Config) -> Result<(), String> {
             ),
         }
     }
-    if h2c {
+    if h2c(&pingora) {
         if let Some(app) = svc.app_logic_mut() {
             let mut opts = pingora_core::apps::HttpServerOptions::default();
             opts.h2c = true;

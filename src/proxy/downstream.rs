@@ -1,10 +1,10 @@
 //! The client side of one request, as the handlers see it.
 //!
-//! Two servers implement it: Pingora's session (TLS, HTTP/2, h2c, and the
-//! listeners whose servers proxy to HTTP backends, which go through
-//! Pingora's proxy machinery) and why502's own HTTP/1.1 server
-//! ([`crate::h1`]), which serves the plain listeners that only route to
-//! FastCGI, static files and `return`s.
+//! Three servers implement it: Pingora's session (TLS, with or without
+//! HTTP/2, and the listeners whose servers proxy to HTTP backends, which go
+//! through Pingora's proxy machinery), and why502's own HTTP/1.1
+//! ([`crate::h1`]) and h2c ([`crate::h2`]) servers, which serve the plain
+//! listeners that only route to FastCGI, static files and `return`s.
 
 use std::future::Future;
 use std::net::SocketAddr;

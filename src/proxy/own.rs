@@ -8,18 +8,38 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 
+use super::downstream::Downstream;
 use super::{access, ReqCtx, Why502};
 use crate::cause::Cause;
 use crate::config::{Config, Listen, Location};
 use crate::h1::{self, H1Session};
+use crate::h2::H2Session;
 use crate::report::Failure;
 
 impl h1::App for Why502 {
     type Conn = Option<Box<dyn Any + Send + Sync>>;
 
     async fn serve(&self, s: &mut H1Session, conn: &mut Self::Conn) -> bool {
+        let (ok, next) = self.serve_own(s, conn.take()).await;
+        *conn = next;
+        ok
+    }
+
+    async fn serve_h2(&self, s: &mut H2Session) -> bool {
+        self.serve_own(s, None).await.0
+    }
+}
+
+impl Why502 {
+    /// One request on the own servers: handled, logged; `prev` and the
+    /// second value: the access log's state carried between requests.
+    async fn serve_own<S: Downstream>(
+        &self,
+        s: &mut S,
+        prev: Option<Box<dyn Any + Send + Sync>>,
+    ) -> (bool, Option<Box<dyn Any + Send + Sync>>) {
         let mut ctx = ReqCtx::default();
-        if let Some(prev) = conn.take() {
+        if let Some(prev) = prev {
             self.rt.access.reuse(&mut ctx, prev);
         }
         self.init_ctx(s, &mut ctx);
@@ -30,8 +50,8 @@ impl h1::App for Why502 {
                 ctx.http = None;
                 let f = Failure::new(
                     Cause::ProxyInternal,
-                    "HTTP backend location on a listener of the own HTTP/1 server",
-                    "HTTP backend location on a listener of the own HTTP/1 server",
+                    "HTTP backend location on a listener of the own server",
+                    "HTTP backend location on a listener of the own server",
                 );
                 self.respond_failure(s, &mut ctx, f).await.is_ok()
             }
@@ -44,8 +64,7 @@ impl h1::App for Why502 {
         if self.rt.access.enabled {
             access::log_request(&self.rt, s, &ctx);
         }
-        *conn = self.rt.access.persist(&ctx);
-        ok
+        (ok, self.rt.access.persist(&ctx))
     }
 }
 
@@ -54,15 +73,15 @@ fn proxies(locs: &[Location]) -> bool {
         .any(|l| l.proxy.is_some() || proxies(&l.locations))
 }
 
-/// Whether the own server takes listen address `l` (one of `all`): plain
-/// HTTP/1 (no TLS, no h2c), and no server on its port proxies to HTTP
+/// Whether the own servers take listen address `l`: no TLS (HTTP/1, and
+/// h2c where `http2` is set), and no server on its port proxies to HTTP
 /// backends (Pingora does those). `WHY502_SERVER=pingora` leaves every
 /// listener to Pingora.
 pub fn serves(config: &Config, l: &Listen) -> bool {
     if std::env::var("WHY502_SERVER").is_ok_and(|v| v == "pingora") {
         return false;
     }
-    if l.tls.is_some() || l.http2 {
+    if l.tls.is_some() {
         return false;
     }
     let port = l.addr.port();
@@ -76,7 +95,8 @@ pub fn serves(config: &Config, l: &Listen) -> bool {
 /// others (graceful shutdown on SIGTERM/SIGQUIT).
 pub struct OwnService {
     pub app: Arc<Why502>,
-    pub sockets: Vec<std::net::TcpListener>,
+    /// The listening sockets, each with whether it takes h2c too.
+    pub sockets: Vec<(std::net::TcpListener, bool)>,
     pub threads: usize,
 }
 

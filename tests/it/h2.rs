@@ -67,3 +67,122 @@ fn h2c_clients_get_diagnosis_and_aborted_streams() {
     assert!(summary.starts_with("2 200"), "{summary}");
     assert_logged(&p, "body.reset", None);
 }
+
+/// The own HTTP/2 server on an `http2` listener: streams of one connection
+/// share its number (`$connection`, `*N`), many run at once, an upload
+/// larger than the flow-control windows arrives whole, HEAD has no body, and
+/// an HTTP/1.1 client on the same port is still served.
+#[test]
+fn h2c_streams_uploads_and_http1_on_one_listener() {
+    let dir = support::temp_dir();
+    let d = dir.path().display().to_string();
+    let fpm = fpm(dir.path(), vec![pool("www")]);
+    let top = format!(
+        "log:\n  access_log: {{ path: {d}/a.log, format: c }}\n  log_formats:\n    c: {{ format: '$connection $server_protocol $request_method $status $body_bytes_sent $request_length' }}\n"
+    );
+    let yaml = php_yaml(
+        &www(),
+        &fpm_addr(&fpm, "www"),
+        "",
+        "client_max_body_size: 8m",
+        &top,
+    )
+    .replace(
+        "listen: [\"{listen}\"]",
+        "listen: [{ address: \"{listen}\", http2: true }]",
+    );
+    let p = Proxy::yaml(dir.path(), &yaml);
+    let url = |path: &str| format!("http://{}{path}", p.addr);
+
+    // Three requests, one after another on one connection (curl 7.88
+    // cannot reuse an h2c connection, with nginx either).
+    let out = Command::new("h2load")
+        .args(["-n", "3", "-c", "1", "-m", "1"])
+        .args([url("/hello.php"), url("/hello.php"), url("/nothere.php")])
+        .output()
+        .expect("h2load is required (tests/setup.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("3 done") && text.contains("2 2xx, 0 3xx, 1 4xx, 0 5xx"),
+        "h2load:\n{text}"
+    );
+
+    // 200 requests, 20 at a time on each of 2 connections.
+    let out = Command::new("h2load")
+        .args(["-n", "200", "-c", "2", "-m", "20", &url("/hello.php")])
+        .output()
+        .expect("h2load is required (tests/setup.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("200 succeeded, 0 failed"), "h2load:\n{text}");
+
+    // An upload of 3 MiB and a bit: more than the stream's (64 KiB) and the
+    // connection's (1 MiB) receive windows.
+    let body: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, &body).expect("write upload");
+    let out = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "--max-time", "30"])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(url("/echo.php"))
+        .output()
+        .expect("curl");
+    let hex: String = openssl::sha::sha256(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("len={} sha256={hex}", body.len())
+    );
+
+    // HEAD: the header only.
+    let (code, summary, headers) = {
+        let out = Command::new("curl")
+            .args(["-s", "-I", "--http2-prior-knowledge", "--max-time", "20"])
+            .args(["-w", "\n%{http_version} %{http_code} %{size_download}"])
+            .arg(url("/hello.php"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (h, s) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (out.status.code(), s.to_string(), h.to_ascii_lowercase())
+    };
+    assert_eq!((code, summary.as_str()), (Some(0), "2 200 0"), "{headers}");
+    assert!(headers.contains("content-type: text/"), "{headers}");
+    assert!(headers.contains("date: "), "{headers}");
+    assert!(!headers.contains("connection:"), "{headers}");
+
+    // HTTP/1.1 on the same port.
+    let r = p.get("/hello.php");
+    assert_eq!(r.status, 200);
+
+    let log = wait_until(std::time::Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
+        (t.lines().count() >= 206).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("a.log did not get 206 lines"));
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split(' ').collect()).collect();
+    let first = &lines[..3];
+    assert!(
+        first
+            .iter()
+            .all(|l| l[0] == first[0][0] && l[1] == "HTTP/2.0"),
+        "one connection, HTTP/2:\n{log}"
+    );
+    assert_eq!(first[2][3], "404", "{log}");
+    let load = &lines[3..203];
+    let conns: std::collections::BTreeSet<&str> = load.iter().map(|l| l[0]).collect();
+    assert_eq!(conns.len(), 2, "h2load's two connections:\n{log}");
+    assert!(!conns.contains(first[0][0]), "{log}");
+    let upload = &lines[203];
+    assert_eq!(upload[2..4], ["POST", "200"], "{log}");
+    let len: usize = upload[5].parse().expect("request_length");
+    assert!(len >= body.len(), "request_length {len}: {log}");
+    assert_eq!(lines[204][2..5], ["HEAD", "200", "0"], "{log}");
+    assert_eq!(lines[205][1], "HTTP/1.1", "{log}");
+    assert!(!lines[..205].iter().any(|l| l[0] == lines[205][0]), "{log}");
+}
