@@ -43,6 +43,8 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_STREAMS: u32 = 128;
 /// The largest request header list (the HTTP/1 server's limit).
 const MAX_HEADER_LIST: u32 = 32 * 1024;
+/// How long a connection without streams stays open after its GOAWAY.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The connection's receive window: uploads on several streams at once
 /// are not held up by one another (each stream keeps the default 64 KiB).
 const CONN_WINDOW: u32 = 1024 * 1024;
@@ -92,7 +94,8 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
     // The streams in progress, polled by this task together with the
     // connection (whose polling does the reads and writes).
     let mut streams = FuturesUnordered::new();
-    let mut closing = false;
+    // When the GOAWAY was sent.
+    let mut closing: Option<Instant> = None;
     let mut idle_since = Instant::now();
     // Once a second: shutdown and the idle timeout.
     let tick = tokio::time::sleep(Duration::from_secs(1));
@@ -121,9 +124,16 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
             () = &mut tick => {
                 tick.as_mut().reset(Instant::now() + Duration::from_secs(1));
                 let idle = streams.is_empty() && idle_since.elapsed() >= KEEPALIVE_TIMEOUT;
-                if !closing && (idle || crate::h1::stopping()) {
-                    closing = true;
-                    conn.graceful_shutdown();
+                match closing {
+                    None if idle || crate::h1::stopping() => {
+                        closing = Some(Instant::now());
+                        conn.graceful_shutdown();
+                    }
+                    // The `h2` crate closes once the client has answered
+                    // the GOAWAY's PING and no stream is left; a client
+                    // that never answers is not waited for.
+                    Some(at) if streams.is_empty() && at.elapsed() >= CLOSE_WAIT => break,
+                    _ => {}
                 }
             }
         }
