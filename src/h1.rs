@@ -657,7 +657,13 @@ fn known_title(name: &http::HeaderName) -> Option<&'static str> {
         h::TRANSFER_ENCODING => "Transfer-Encoding",
         h::ETAG => "ETag",
         h::WWW_AUTHENTICATE => "WWW-Authenticate",
-        _ => return None,
+        // The diagnosis headers under their default names.
+        _ => match name.as_str() {
+            "why502-cause" => "Why502-Cause",
+            "why502-request-id" => "Why502-Request-Id",
+            "proxy-status" => "Proxy-Status",
+            _ => return None,
+        },
     })
 }
 

@@ -391,8 +391,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// Builds the client-facing parts of a failure report.
 pub struct Rendered {
     pub status: u16,
-    /// (name, value) headers to add: cause, request id, Proxy-Status.
-    pub headers: Vec<(String, String)>,
+    /// The diagnosis headers' values (cause, request id, Proxy-Status),
+    /// when diagnosis is on; `None` for a value that cannot be a header
+    /// value.
+    pub headers: Option<[Option<http::HeaderValue>; 3]>,
     pub content_type: &'static str,
     pub body: String,
 }
@@ -443,7 +445,7 @@ struct LastPage {
     stderr: String,
     next_hop: String,
     head: String,
-    proxy_status: String,
+    proxy_status: Option<http::HeaderValue>,
 }
 
 impl LastPage {
@@ -481,7 +483,12 @@ fn with_last_page<R>(
                     stderr: req.stderr_excerpt.clone(),
                     next_hop: req.next_hop.clone(),
                     head: page_head(status, reason_phrase(status), code, f, req, trusted),
-                    proxy_status: proxy_status(f, &req.next_hop, trusted),
+                    proxy_status: http::HeaderValue::try_from(proxy_status(
+                        f,
+                        &req.next_hop,
+                        trusted,
+                    ))
+                    .ok(),
                 })
             }
         };
@@ -547,15 +554,15 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
     let status = f.status();
     let trusted = is_trusted(diag, req.client);
     let info = f.cause.info();
-    let mut headers = Vec::with_capacity(3);
-    if diag.enabled {
-        headers.push((diag.cause_header.clone(), info.code.to_string()));
-        headers.push((diag.request_id_header.clone(), req.request_id.clone()));
-        headers.push((
-            "Proxy-Status".to_string(),
+    // Values made without a copy where they can be: the cause code is
+    // static, Proxy-Status is kept with the last page.
+    let headers = diag.enabled.then(|| {
+        [
+            Some(http::HeaderValue::from_static(info.code)),
+            http::HeaderValue::from_str(&req.request_id).ok(),
             with_last_page(f, req, trusted, |p| p.proxy_status.clone()),
-        ));
-    }
+        ]
+    });
     if !diag.enabled {
         // nginx's own page.
         let body = status_page(status, "");
@@ -706,6 +713,12 @@ mod tests {
         );
     }
 
+    fn proxy_status_of(r: &Rendered) -> String {
+        let v = r.headers.as_ref().and_then(|h| h[2].as_ref());
+        let v = v.expect("a Proxy-Status header");
+        v.to_str().expect("text").to_string()
+    }
+
     #[test]
     fn untrusted_clients_see_only_code_and_id() {
         let d = Diagnostics::default();
@@ -715,7 +728,7 @@ mod tests {
         let out = render(&d, &f, &r, false);
         assert!(!out.body.contains("secret"));
         assert!(out.body.contains("connect.socket_missing"));
-        let ps = &out.headers[2].1;
+        let ps = &proxy_status_of(&out);
         assert!(
             !ps.contains("secret") && ps.contains("error=destination_not_found"),
             "{ps}"
@@ -736,12 +749,12 @@ mod tests {
         let b = render(&d, &f, &r, false);
         assert_eq!(a.body.replace(">abc<", ">def<"), b.body);
         assert!(b.body.contains("<code id=\"request-id\">def</code>"));
-        assert_eq!(a.headers[2], b.headers[2]);
+        assert_eq!(proxy_status_of(&a), proxy_status_of(&b));
         // Anything the page shows makes it a new page.
         let g = Failure::new(Cause::ConnectSocketMissing, "m", "second");
         let c = render(&d, &g, &r, false);
         assert!(c.body.contains("second") && !c.body.contains("first"));
-        assert!(c.headers[2].1.contains("second"));
+        assert!(proxy_status_of(&c).contains("second"));
         r.client = "203.0.113.9".parse().ok();
         let untrusted = render(&d, &g, &r, false);
         assert!(!untrusted.body.contains("second"));

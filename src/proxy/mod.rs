@@ -332,16 +332,13 @@ impl ProxyHttp for Why502 {
     }
 }
 
-/// The diagnosis headers' default names (written titled, see
-/// `h1::put_title`).
-fn default_diag_name(name: &str) -> Option<http::HeaderName> {
-    Some(match name {
-        "Why502-Cause" => http::HeaderName::from_static("why502-cause"),
-        "Why502-Request-Id" => http::HeaderName::from_static("why502-request-id"),
-        "Proxy-Status" => http::HeaderName::from_static("proxy-status"),
-        _ => return None,
-    })
-}
+/// The diagnosis headers under their default names (written titled, see
+/// `h1::put_title`): cause, request id, Proxy-Status.
+const DIAG_NAMES: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("why502-cause"),
+    http::HeaderName::from_static("why502-request-id"),
+    http::HeaderName::from_static("proxy-status"),
+];
 
 fn new_request_id(n: u64) -> String {
     // 16 hex chars: time-based prefix + counter, unique per process run.
@@ -899,25 +896,36 @@ impl Why502 {
         m.insert(hn::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         // The diagnosis headers under their default names need no case map
         // (see `downstream::response_header`); configured names keep theirs.
+        let d = &self.rt.config.diagnostics;
         let titled = session.titles_header_names()
             && ctx.add_headers.is_empty()
-            && r.headers
-                .iter()
-                .all(|(k, _)| default_diag_name(k).is_some());
-        let named = if titled {
-            for (k, v) in r.headers {
-                if let (Some(n), Ok(v)) = (default_diag_name(&k), HeaderValue::try_from(v)) {
-                    m.append(n, v);
+            && d.cause_header == "Why502-Cause"
+            && d.request_id_header == "Why502-Request-Id";
+        let mut named = None;
+        if let Some(values) = r.headers {
+            if titled {
+                for (n, v) in DIAG_NAMES.iter().zip(values) {
+                    if let Some(v) = v {
+                        m.append(n.clone(), v);
+                    }
                 }
+            } else {
+                named = Some(values);
             }
-            Vec::new()
-        } else {
-            r.headers
-        };
+        }
         let code = http::StatusCode::from_u16(r.status).map_err(|_| Abort)?;
         let mut h = downstream::response_header(titled, code, m);
-        for (k, v) in named {
-            let _ = h.append_header(k, v);
+        if let Some(values) = named {
+            let names = [
+                d.cause_header.as_str(),
+                d.request_id_header.as_str(),
+                "Proxy-Status",
+            ];
+            for (n, v) in names.into_iter().zip(values) {
+                if let Some(v) = v {
+                    let _ = h.append_header(n.to_string(), v);
+                }
+            }
         }
         self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(r.body)).await
