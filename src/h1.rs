@@ -17,7 +17,8 @@
 //! "Request Header Or Cookie Too Large" for a header line over 8 KiB or a
 //! header over 32 KiB, 501 for a
 //! transfer coding other than chunked; `client_header_timeout` 60 s and
-//! `keepalive_timeout` 75 s (nginx's defaults); `send_timeout` 60 s;
+//! `keepalive_timeout` 75 s (nginx's defaults); `keepalive_requests` (the
+//! server's, 1000 by default); `send_timeout` 60 s;
 //! lingering close (`lingering_time` 30 s, `lingering_timeout` 5 s).
 
 use std::future::Future;
@@ -143,6 +144,8 @@ pub struct H1Session {
     number: u64,
     /// The size of the last response header written.
     head_len: usize,
+    /// Requests read on this connection so far.
+    requests: u64,
 }
 
 /// Connections accepted so far, for their serial numbers.
@@ -179,6 +182,7 @@ impl H1Session {
             body_sent: 0,
             number: next_connection_number(),
             head_len: 0,
+            requests: 0,
         })
     }
 
@@ -595,6 +599,11 @@ impl Downstream for H1Session {
     }
     fn connection_number(&self) -> Option<u64> {
         Some(self.number)
+    }
+    fn limit_requests(&mut self, max: u64) {
+        if self.requests >= max {
+            self.keepalive = false;
+        }
     }
     fn sent_header_len(&self) -> Option<usize> {
         self.resp.as_ref().map(|_| self.head_len)
@@ -1076,6 +1085,7 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, h2: bool) {
             }
         }
         first = false;
+        s.requests += 1;
         if STOPPING.load(Ordering::Relaxed) {
             s.keepalive = false;
         }

@@ -15,13 +15,16 @@
 //! What it does like nginx: up to 128 concurrent streams
 //! (`http2_max_concurrent_streams`), a 32 KiB limit on a request's header
 //! list (as the HTTP/1 server), `keepalive_timeout` 75 s on a connection
-//! without streams, `send_timeout`
+//! without streams, `keepalive_requests` (GOAWAY after the stream that
+//! reaches it), `send_timeout`
 //! 60 s while waiting for flow-control window, GOAWAY on shutdown. A
 //! response that fails after its header, or is shorter than its
 //! Content-Length, is reset (RST_STREAM INTERNAL_ERROR), so the client can
 //! tell it is incomplete.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,6 +100,10 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
     // When the GOAWAY was sent.
     let mut closing: Option<Instant> = None;
     let mut idle_since = Instant::now();
+    let mut requests: u64 = 0;
+    // Set by a stream that is the last its server allows on a connection
+    // (`keepalive_requests`).
+    let last = Arc::new(AtomicBool::new(false));
     // Once a second: shutdown and the idle timeout.
     let tick = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(tick);
@@ -107,10 +114,17 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
                 if streams.is_empty() {
                     idle_since = Instant::now();
                 }
+                if closing.is_none() && last.load(Ordering::Relaxed) {
+                    closing = Some(Instant::now());
+                    conn.graceful_shutdown();
+                }
             }
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
-                    let s = H2Session::new(req, respond, client, local, number);
+                    requests += 1;
+                    let mut s = H2Session::new(req, respond, client, local, number);
+                    s.requests = requests;
+                    s.last = Some(last.clone());
                     // The future is made in its box (not on the stack and
                     // copied over).
                     streams.push(Box::into_pin(Box::write(
@@ -172,6 +186,10 @@ pub struct H2Session {
     number: u64,
     body_read: usize,
     body_sent: usize,
+    /// This stream's place among the connection's (1 for the first).
+    requests: u64,
+    /// The connection's "last request" flag (see `limit_requests`).
+    last: Option<Arc<AtomicBool>>,
 }
 
 fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
@@ -213,6 +231,8 @@ impl H2Session {
             number,
             body_read: 0,
             body_sent: 0,
+            requests: 0,
+            last: None,
         }
     }
 
@@ -412,6 +432,13 @@ impl Downstream for H2Session {
     }
     fn connection_number(&self) -> Option<u64> {
         Some(self.number)
+    }
+    fn limit_requests(&mut self, max: u64) {
+        if self.requests >= max {
+            if let Some(l) = &self.last {
+                l.store(true, Ordering::Relaxed);
+            }
+        }
     }
     fn body_bytes_sent(&self) -> usize {
         self.body_sent

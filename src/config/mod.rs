@@ -107,6 +107,7 @@ impl Config {
                 locations,
                 client_max_body_size: 1 << 20,
                 client_body_timeout: Duration::from_secs(60),
+                keepalive_requests: KEEPALIVE_REQUESTS,
                 origin,
                 rewrites: Vec::new(),
                 base: None,
@@ -305,6 +306,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// nginx's default `keepalive_requests`.
+pub const KEEPALIVE_REQUESTS: u64 = 1000;
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: Vec<Listen>,
@@ -315,6 +319,10 @@ pub struct Server {
     pub locations: Vec<Location>,
     pub client_max_body_size: u64,
     pub client_body_timeout: Duration,
+    /// nginx `keepalive_requests`: requests on one client connection, after
+    /// which it is closed (HTTP/1: `Connection: close` on the last one;
+    /// HTTP/2: GOAWAY). Default 1000.
+    pub keepalive_requests: u64,
     pub origin: Origin,
     /// Server-level rewrite-phase directives (`rewrite`, `return`, `set` in
     /// `server {}`), run before a location is searched (nginx front end).

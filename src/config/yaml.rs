@@ -456,6 +456,9 @@ struct ServerFile {
     index: Option<Vec<String>>,
     client_max_body_size: Option<Size>,
     client_body_timeout: Option<Dur>,
+    /// Requests on one client connection before it is closed (nginx
+    /// `keepalive_requests`, default 1000).
+    keepalive_requests: Option<u64>,
     /// Rewrite-phase steps run before a location is searched.
     #[serde(default)]
     rewrites: Vec<ScriptOpFile>,
@@ -1041,6 +1044,9 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
                 .client_body_timeout
                 .map(|x| x.0)
                 .unwrap_or(Duration::from_secs(60)),
+            keepalive_requests: s
+                .keepalive_requests
+                .unwrap_or(crate::config::KEEPALIVE_REQUESTS),
             origin: server_origin,
             rewrites: convert_script(s.rewrites, &origin)?,
             base,

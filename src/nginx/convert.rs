@@ -412,6 +412,7 @@ struct Level {
     access: Option<Vec<AccessRule>>,
     client_max_body_size: Option<u64>,
     client_body_timeout: Option<Duration>,
+    keepalive_requests: Option<u64>,
     absolute_redirect: Option<bool>,
     ssl_cert: Option<PathBuf>,
     ssl_key: Option<PathBuf>,
@@ -481,6 +482,7 @@ impl Level {
             access,
             client_max_body_size,
             client_body_timeout,
+            keepalive_requests,
             absolute_redirect,
             ssl_cert,
             ssl_key,
@@ -1107,6 +1109,18 @@ impl Cv {
             }
             "client_max_body_size" => l.client_max_body_size = Some(self.size(d)?),
             "client_body_timeout" => l.client_body_timeout = Some(self.dur(d)?),
+            // http and server level; in a location it is reported and
+            // ignored (HARMLESS below).
+            "keepalive_requests" if ctx != "location" => {
+                self.nargs(d, 1, 1)?;
+                let n = a0().parse::<u64>().map_err(|_| {
+                    err(
+                        d,
+                        format!("invalid value \"{}\" in \"keepalive_requests\"", a0()),
+                    )
+                })?;
+                l.keepalive_requests = Some(n);
+            }
             "absolute_redirect" => l.absolute_redirect = Some(self.flag(d)?),
             "ssl_certificate" => {
                 self.nargs(d, 1, 1)?;
@@ -1306,6 +1320,9 @@ impl Cv {
             locations,
             client_max_body_size: level.client_max_body_size.unwrap_or(1 << 20),
             client_body_timeout: level.client_body_timeout.unwrap_or(Duration::from_secs(60)),
+            keepalive_requests: level
+                .keepalive_requests
+                .unwrap_or(crate::config::KEEPALIVE_REQUESTS),
             origin: origin(d),
             rewrites,
             base: Some(Box::new(base)),

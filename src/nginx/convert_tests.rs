@@ -525,3 +525,19 @@ fn worker_processes_sets_threads() {
         "{e}"
     );
 }
+
+#[test]
+fn keepalive_requests_per_server() {
+    let cfg = ok("events {}\nhttp {\n  keepalive_requests 500;\n  server { listen 8080; }\n  server {\n    listen 8081;\n    keepalive_requests 7;\n    location / { keepalive_requests 9; }\n  }\n}\n");
+    assert_eq!(cfg.servers[0].keepalive_requests, 500, "from http");
+    assert_eq!(cfg.servers[1].keepalive_requests, 7);
+    // In a location: reported, ignored.
+    assert!(cfg
+        .warnings
+        .iter()
+        .any(|w| w.message.contains("ignored") && w.origin.line == 8));
+    let cfg = ok("events {}\nhttp { server { listen 8080; } }\n");
+    assert_eq!(cfg.servers[0].keepalive_requests, 1000, "nginx's default");
+    let e = err("events {}\nhttp { server { listen 8080; keepalive_requests lots; } }\n");
+    assert!(e.to_string().contains("keepalive_requests"), "{e}");
+}

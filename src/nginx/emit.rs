@@ -543,6 +543,9 @@ fn server(out: &mut Out, s: &Server) {
         size(s.client_max_body_size)
     );
     let _ = writeln!(o, "    client_body_timeout: {}", dur(s.client_body_timeout));
+    if s.keepalive_requests != crate::config::KEEPALIVE_REQUESTS {
+        let _ = writeln!(o, "    keepalive_requests: {}", s.keepalive_requests);
+    }
     if s.absolute_redirect {
         o.push_str("    absolute_redirect: true\n");
     }

@@ -71,6 +71,11 @@ pub trait Downstream: Send {
     fn sent_header_len(&self) -> Option<usize> {
         None
     }
+    /// nginx `keepalive_requests` of the request's server: when this
+    /// request is the connection's `max`th (or later), the connection is
+    /// closed after it (HTTP/2: GOAWAY). A no-op where the server does not
+    /// count (Pingora's listeners).
+    fn limit_requests(&mut self, _max: u64) {}
     /// `$sent_http_connection` where `Connection` is not in the map.
     fn sent_connection(&self) -> Option<&'static str> {
         None

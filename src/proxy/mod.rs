@@ -428,6 +428,7 @@ impl Why502 {
             return self.respond_status(session, ctx, 404).await;
         };
         ctx.summary.server_name = server.names.first().cloned().unwrap_or_default();
+        session.limit_requests(server.keepalive_requests);
         rt.access.enter_server(ctx, si);
         ctx.summary.errlog = rt.server_errlogs.get(si).cloned().flatten();
 

@@ -186,3 +186,45 @@ fn h2c_streams_uploads_and_http1_on_one_listener() {
     assert_eq!(lines[205][1], "HTTP/1.1", "{log}");
     assert!(!lines[..205].iter().any(|l| l[0] == lines[205][0]), "{log}");
 }
+
+/// `keepalive_requests` (nginx's, default 1000): the third request on an
+/// HTTP/1.1 connection gets `Connection: close` and the connection closes;
+/// an h2c connection gets GOAWAY after its third stream.
+#[test]
+fn keepalive_requests_closes_http1_and_h2c_connections() {
+    use std::io::{Read, Write};
+    let dir = support::temp_dir();
+    let yaml = "servers:\n  - listen: [{ address: \"{listen}\", http2: true }]\n    keepalive_requests: 3\n    locations:\n      - exact: /r\n        return: { code: 200, text: \"hi\\n\" }\n";
+    let p = Proxy::yaml(dir.path(), yaml);
+
+    let mut s = std::net::TcpStream::connect(&p.addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut connection = Vec::new();
+    for i in 0..3 {
+        s.write_all(b"GET /r HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("write");
+        let r = support::read_response(
+            &mut s,
+            false,
+            std::time::Instant::now() + std::time::Duration::from_secs(10),
+        );
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        connection.push(r.header("Connection").unwrap_or("").to_string());
+    }
+    assert_eq!(connection, ["keep-alive", "keep-alive", "close"]);
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest).expect("the server closes");
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&rest));
+
+    let out = Command::new("h2load")
+        .args(["-n", "6", "-c", "1", "-m", "1"])
+        .arg(format!("http://{}/r", p.addr))
+        .output()
+        .expect("h2load is required (tests/setup.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("6 total, 3 started, 3 done, 3 succeeded"),
+        "h2load:\n{text}"
+    );
+}
