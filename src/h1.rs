@@ -1162,8 +1162,9 @@ pub fn bind(addr: SocketAddr, ipv6_only: bool) -> std::io::Result<std::net::TcpL
 }
 
 /// Runs the server on `sockets` (each with whether it takes h2c too):
-/// `threads` threads, each with its own single-threaded runtime. Every thread accepts from every socket and hands each new
-/// connection to the thread with the fewest connections (itself on a tie),
+/// `threads` threads, each with its own single-threaded runtime. Every
+/// thread accepts from every socket and hands each new connection to the
+/// thread with the fewest connections (itself on a tie),
 /// which then serves it to the end: the connections are spread evenly even
 /// when a burst of them arrives at once, and a request never crosses
 /// threads. Returns the threads; they end when `shutdown` turns true and

@@ -83,8 +83,12 @@ pub async fn sniff(stream: &TcpStream) -> Option<bool> {
 /// Serves an HTTP/2 connection (its preface not yet read) until it closes.
 /// `number`: the connection's serial number (`*N`, `$connection`).
 pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
-    let client = stream.peer_addr().ok();
-    let local = stream.local_addr().ok();
+    let shared = Shared {
+        client: stream.peer_addr().ok(),
+        local: stream.local_addr().ok(),
+        number,
+        last: Arc::new(AtomicBool::new(false)),
+    };
     let mut b = h2::server::Builder::new();
     b.max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST)
@@ -101,9 +105,6 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
     let mut closing: Option<Instant> = None;
     let mut idle_since = Instant::now();
     let mut requests: u64 = 0;
-    // Set by a stream that is the last its server allows on a connection
-    // (`keepalive_requests`).
-    let last = Arc::new(AtomicBool::new(false));
     // Once a second: shutdown and the idle timeout.
     let tick = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(tick);
@@ -114,7 +115,7 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
                 if streams.is_empty() {
                     idle_since = Instant::now();
                 }
-                if closing.is_none() && last.load(Ordering::Relaxed) {
+                if closing.is_none() && shared.last.load(Ordering::Relaxed) {
                     closing = Some(Instant::now());
                     conn.graceful_shutdown();
                 }
@@ -122,9 +123,7 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
                     requests += 1;
-                    let mut s = H2Session::new(req, respond, client, local, number);
-                    s.requests = requests;
-                    s.last = Some(last.clone());
+                    let s = H2Session::new(req, respond, &shared, requests);
                     // The future is made in its box (not on the stack and
                     // copied over).
                     streams.push(Box::into_pin(Box::write(
@@ -189,7 +188,17 @@ pub struct H2Session {
     /// This stream's place among the connection's (1 for the first).
     requests: u64,
     /// The connection's "last request" flag (see `limit_requests`).
-    last: Option<Arc<AtomicBool>>,
+    last: Arc<AtomicBool>,
+}
+
+/// What a connection's streams share.
+struct Shared {
+    client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    number: u64,
+    /// Set by a stream that is the last its server allows on the
+    /// connection (`keepalive_requests`): GOAWAY once it is done.
+    last: Arc<AtomicBool>,
 }
 
 fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
@@ -214,9 +223,8 @@ impl H2Session {
     fn new(
         req: http::Request<RecvStream>,
         respond: SendResponse<Bytes>,
-        client: Option<SocketAddr>,
-        local: Option<SocketAddr>,
-        number: u64,
+        c: &Shared,
+        requests: u64,
     ) -> H2Session {
         let (parts, body) = req.into_parts();
         H2Session {
@@ -226,13 +234,13 @@ impl H2Session {
             send: None,
             resp: None,
             out: Out::NotStarted,
-            client,
-            local,
-            number,
+            client: c.client,
+            local: c.local,
+            number: c.number,
             body_read: 0,
             body_sent: 0,
-            requests: 0,
-            last: None,
+            requests,
+            last: c.last.clone(),
         }
     }
 
@@ -435,9 +443,7 @@ impl Downstream for H2Session {
     }
     fn limit_requests(&mut self, max: u64) {
         if self.requests >= max {
-            if let Some(l) = &self.last {
-                l.store(true, Ordering::Relaxed);
-            }
+            self.last.store(true, Ordering::Relaxed);
         }
     }
     fn body_bytes_sent(&self) -> usize {

@@ -110,7 +110,6 @@ pub fn run(config: Config) -> Result<(), String> {
         .into_iter()
         .cloned()
         .collect();
-    let h2c = |ls: &[&crate::config::Listen]| ls.iter().any(|l| l.tls.is_none() && l.http2);
     // Pingora panics in a service thread (and the process lingers) when a
     // listener cannot be bound: try every address first, for a clear error.
     for l in &listens {
@@ -182,7 +181,7 @@ pub fn run(config: Config) -> Result<(), String> {
             ),
         }
     }
-    if h2c(&pingora) {
+    if pingora.iter().any(|l| l.tls.is_none() && l.http2) {
         if let Some(app) = svc.app_logic_mut() {
             let mut opts = pingora_core::apps::HttpServerOptions::default();
             opts.h2c = true;

@@ -236,8 +236,8 @@ impl Default for Diagnostics {
             .iter()
             .filter_map(|s| IpNet::parse(s))
             .collect(),
-            cause_header: "Why502-Cause".into(),
-            request_id_header: "Why502-Request-Id".into(),
+            cause_header: CAUSE_HEADER.into(),
+            request_id_header: REQUEST_ID_HEADER.into(),
         }
     }
 }
@@ -305,6 +305,10 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
+
+/// The diagnosis headers' default names.
+pub const CAUSE_HEADER: &str = "Why502-Cause";
+pub const REQUEST_ID_HEADER: &str = "Why502-Request-Id";
 
 /// nginx's default `keepalive_requests`.
 pub const KEEPALIVE_REQUESTS: u64 = 1000;

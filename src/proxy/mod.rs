@@ -900,8 +900,8 @@ impl Why502 {
         let d = &self.rt.config.diagnostics;
         let titled = session.titles_header_names()
             && ctx.add_headers.is_empty()
-            && d.cause_header == "Why502-Cause"
-            && d.request_id_header == "Why502-Request-Id";
+            && d.cause_header == crate::config::CAUSE_HEADER
+            && d.request_id_header == crate::config::REQUEST_ID_HEADER;
         let mut named = None;
         if let Some(values) = r.headers {
             if titled {
