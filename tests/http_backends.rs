@@ -1072,11 +1072,18 @@ fn failures_mid_body_abort_the_client_response() {
         "{line}"
     );
 
-    // Each failure is logged once, with a structured event.
+    // Each failure is logged once, with a structured event. The events
+    // file is written by a flusher every 100 ms: wait for it (up to 5 s)
+    // rather than for a fixed time, which raced the flush.
     std::thread::sleep(Duration::from_millis(100));
     let log = w.error_log();
     for c in ["body.reset", "body.timeout"] {
         assert_eq!(log.matches(&format!("cause: {c},")).count(), 1, "{log}");
+        let want = format!("\"cause\":\"{c}\"");
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while !w.events().contains(&want) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
             w.events().contains(&format!("\"cause\":\"{c}\"")),
             "{}",
