@@ -371,11 +371,32 @@ pub fn html_escape(s: &str) -> String {
 /// the title).
 pub fn status_page(code: u16, detail: &str) -> String {
     let reason = reason_phrase(code);
-    if detail.is_empty() {
-        format!("<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n")
-    } else {
-        format!("<html>\r\n<head><title>{code} {detail}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<center>{detail}</center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n")
+    let mut digits = itoa::Buffer::new();
+    let code = digits.format(code);
+    let title = if detail.is_empty() { reason } else { detail };
+    // Pushed piece by piece: `format!` cost a 404 or a 502 about 1,000
+    // instructions (docs/benchmarks.md).
+    let mut s = String::with_capacity(160 + 2 * detail.len());
+    for part in [
+        "<html>\r\n<head><title>",
+        code,
+        " ",
+        title,
+        "</title></head>\r\n<body>\r\n<center><h1>",
+        code,
+        " ",
+        reason,
+        "</h1></center>\r\n",
+    ] {
+        s.push_str(part);
     }
+    if !detail.is_empty() {
+        for part in ["<center>", detail, "</center>\r\n"] {
+            s.push_str(part);
+        }
+    }
+    s.push_str("<hr><center>why502</center>\r\n</body>\r\n</html>\r\n");
+    s
 }
 
 pub fn reason_phrase(status: u16) -> &'static str {
@@ -554,26 +575,26 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
     let status = f.status();
     let trusted = is_trusted(diag, req.client);
     let info = f.cause.info();
-    // Values made without a copy where they can be: the cause code is
-    // static, Proxy-Status is kept with the last page.
-    let headers = diag.enabled.then(|| {
-        [
-            Some(http::HeaderValue::from_static(info.code)),
-            http::HeaderValue::from_str(&req.request_id).ok(),
-            with_last_page(f, req, trusted, |p| p.proxy_status.clone()),
-        ]
-    });
     if !diag.enabled {
         // nginx's own page.
-        let body = status_page(status, "");
         return Rendered {
             status,
-            headers,
+            headers: None,
             content_type: "text/html",
-            body,
+            body: status_page(status, ""),
         };
     }
+    // Values made without a copy where they can be: the cause code is
+    // static, Proxy-Status is kept with the last page.
+    let headers = |proxy_status| {
+        Some([
+            Some(http::HeaderValue::from_static(info.code)),
+            http::HeaderValue::from_str(&req.request_id).ok(),
+            proxy_status,
+        ])
+    };
     if wants_json {
+        let headers = headers(with_last_page(f, req, trusted, |p| p.proxy_status.clone()));
         let mut obj = serde_json::json!({
             "status": status,
             "cause": info.code,
@@ -605,7 +626,10 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
     // failing upstream fails the same way many times a second, so the last
     // one is kept per thread and only the request id is written anew.
     let mut body = String::with_capacity(4096);
-    with_last_page(f, req, trusted, |p| body.push_str(&p.head));
+    let headers = headers(with_last_page(f, req, trusted, |p| {
+        body.push_str(&p.head);
+        p.proxy_status.clone()
+    }));
     if req.request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         body.push_str(&req.request_id);
     } else {
