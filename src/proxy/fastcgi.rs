@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,7 +21,7 @@ use crate::report::{self, Failure};
 use crate::stderr::{self, StderrDiagnosis};
 use crate::upstream::{self, Conn, Pick};
 
-use super::downstream::Downstream;
+use super::downstream::{self, Downstream};
 use super::{Abort, ReqCtx, Why502};
 
 /// nginx always uses request id 1.
@@ -752,20 +753,41 @@ impl Exchange<'_> {
     ) -> Option<Attempt> {
         // error_page without `=`: the original error status wins over the page's.
         let status = ctx.error_status.unwrap_or(head.status);
-        let mut h = match ResponseHeader::build(status, Some(head.headers.len() + 4)) {
-            Ok(h) => h,
-            Err(_) => {
-                let f = Failure::new(
-                    Cause::HeaderInvalidStatus,
-                    format!("upstream sent invalid status \"{}\"", head.status),
-                    "status out of range",
-                );
-                return Some(self.fail(ctx, f, false));
+        let invalid = |status| {
+            Failure::new(
+                Cause::HeaderInvalidStatus,
+                format!("upstream sent invalid status \"{status}\""),
+                "status out of range",
+            )
+        };
+        let Ok(code) = http::StatusCode::from_u16(status) else {
+            return Some(self.fail(ctx, invalid(head.status), false));
+        };
+        // Without a case map when the session writes names in their usual
+        // capitalisation and every name the app sent is written back as
+        // sent that way (`X-Powered-By`; `Content-type` is written
+        // `Content-Type` as nginx does): a case map costs each header a
+        // second map entry and its name parsed twice.
+        let diag = &self.p.rt.config.diagnostics;
+        let titled = session.titles_header_names()
+            && ctx.add_headers.is_empty()
+            && diag.cause_header == crate::config::CAUSE_HEADER
+            && diag.request_id_header == crate::config::REQUEST_ID_HEADER
+            && head.headers.iter().all(|(n, _)| {
+                n.eq_ignore_ascii_case("content-type")
+                    || n.eq_ignore_ascii_case("content-length")
+                    || crate::h1::writes_as_sent(n.as_bytes())
+            });
+        let mut cased = if titled {
+            None
+        } else {
+            match ResponseHeader::build(code, Some(head.headers.len() + 4)) {
+                Ok(h) => Some(h),
+                Err(_) => return Some(self.fail(ctx, invalid(head.status), false)),
             }
         };
-        if let Some(r) = head.reason.as_deref().filter(|r| !r.is_empty()) {
-            let _ = h.set_reason_phrase(Some(r));
-        }
+        let mut map =
+            http::HeaderMap::with_capacity(if titled { head.headers.len() + 8 } else { 0 });
         for (name, value) in head.headers {
             let is = |n: &str| name.eq_ignore_ascii_case(n);
             if name
@@ -806,20 +828,43 @@ impl Exchange<'_> {
                 Err(_) => continue,
             };
             // nginx prints these two with canonical names; others keep the app's case.
-            let res = if is("content-type") {
-                h.append_header(http::header::CONTENT_TYPE, hv)
+            let canonical = if is("content-type") {
+                Some(http::header::CONTENT_TYPE)
             } else if content_length {
-                h.append_header(http::header::CONTENT_LENGTH, hv)
+                Some(http::header::CONTENT_LENGTH)
             } else {
-                h.append_header(name, hv)
+                None
             };
-            if res.is_err() {
-                continue;
+            match &mut cased {
+                Some(h) => {
+                    let _ = match canonical {
+                        Some(n) => h.append_header(n, hv),
+                        None => h.append_header(name, hv),
+                    };
+                }
+                None => {
+                    let n = match canonical {
+                        Some(n) => n,
+                        None => match http::HeaderName::from_bytes(name.as_bytes()) {
+                            Ok(n) => n,
+                            Err(_) => continue,
+                        },
+                    };
+                    let _ = map.try_append(n, hv);
+                }
             }
         }
-        let diag_enabled = self.p.rt.config.diagnostics.enabled;
-        if let (Some(d), true) = (&self.diag, diag_enabled) {
-            let diag = &self.p.rt.config.diagnostics;
+        let mut h = match cased {
+            Some(h) => h,
+            None => {
+                let _ = map.try_insert(http::header::SERVER, HeaderValue::from_static("why502"));
+                downstream::response_header(true, code, map)
+            }
+        };
+        if let Some(r) = head.reason.as_deref().filter(|r| !r.is_empty()) {
+            let _ = h.set_reason_phrase(Some(r));
+        }
+        if let (Some(d), true) = (&self.diag, diag.enabled) {
             let mut f = Failure::new(d.cause, "", d.location.clone().unwrap_or_default());
             f.upstream_status = Some(head.status);
             let trusted = report::is_trusted(diag, ctx.summary.client);
@@ -836,7 +881,9 @@ impl Exchange<'_> {
         let bodyless = matches!(head.status, 100..=199 | 204 | 304);
         self.needs_framing =
             self.declared_len.is_none() && !self.head_only && !bodyless && !session.is_http2();
-        let _ = h.insert_header(http::header::SERVER, "why502");
+        if h.has_case() {
+            let _ = h.insert_header(http::header::SERVER, "why502");
+        }
         self.p.decorate_response(ctx, &mut h);
         ctx.summary.status = status;
         self.head = Some(Box::new(h));
@@ -859,9 +906,13 @@ impl Exchange<'_> {
         if self.needs_framing {
             if complete {
                 let len: usize = self.pending.iter().map(Bytes::len).sum();
-                let _ = h.insert_header(http::header::CONTENT_LENGTH, len);
+                downstream::set_header(&mut h, http::header::CONTENT_LENGTH, len.into());
             } else if session.req_header().version == http::Version::HTTP_11 {
-                let _ = h.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+                downstream::set_header(
+                    &mut h,
+                    http::header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
             } else {
                 session.set_keepalive(None);
             }

@@ -268,3 +268,55 @@ fn diagnosis_header_names_keep_their_case() {
         assert!(n.iter().any(|h| h == want), "{want} not in {n:?}");
     }
 }
+
+/// PHP's header names on the wire as PHP sent them, whether every name is
+/// in the usual capitalisation (the response header is then built without
+/// a case map) or one is not; `Content-type` is written `Content-Type`, as
+/// nginx does.
+#[test]
+fn php_header_names_keep_their_case() {
+    let dir = support::temp_dir();
+    let root = dir.path().join("www");
+    std::fs::create_dir(&root).unwrap();
+    let titled = "header('Content-type: text/plain'); header('X-App-Id: 7'); \
+                  header('ETag: \"x\"'); header('Set-Cookie: a=1', false); \
+                  header('Set-Cookie: b=2', false);";
+    std::fs::write(
+        root.join("titled.php"),
+        format!("<?php {titled} echo 'ok';"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("mixed.php"),
+        format!("<?php {titled} header('x-lower-case: 1'); header('X-UPPER: 2'); echo 'ok';"),
+    )
+    .unwrap();
+    let f = fpm(dir.path(), vec![pool("www")]);
+    let p = Proxy::flags(
+        dir.path(),
+        &[
+            "--fastcgi",
+            &fpm_addr(&f, "www"),
+            "--root",
+            &root.display().to_string(),
+        ],
+    );
+    for (path, extra) in [
+        ("/titled.php", &[][..]),
+        ("/mixed.php", &["x-lower-case", "X-UPPER"][..]),
+    ] {
+        let r = p.get(path);
+        assert_eq!(r.status, 200, "{r:?}");
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        for want in ["Content-Type", "X-App-Id", "ETag", "Server", "Date"]
+            .iter()
+            .chain(extra)
+        {
+            assert!(names.contains(want), "{path}: {want} not in {names:?}");
+        }
+        let cookies = r.headers.iter().filter(|(k, _)| k == "Set-Cookie").count();
+        assert_eq!(cookies, 2, "{path}: {names:?}");
+        assert!(!names.contains(&"Content-type"), "{path}: {names:?}");
+        assert_eq!(r.body, b"ok", "{path}");
+    }
+}
