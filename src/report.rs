@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::cause::{Cause, Phase};
 use crate::config::{Diagnostics, LogLevel};
@@ -105,30 +105,35 @@ pub struct RequestSummary {
 
 /// One file (or standard error) error-log lines are written to.
 pub struct Sink {
-    out: Mutex<Box<dyn std::io::Write + Send>>,
+    /// `None`: standard error.
+    file: Option<std::fs::File>,
 }
 
 impl Sink {
     pub fn open(path: Option<&Path>) -> std::io::Result<Sink> {
-        let out: Box<dyn std::io::Write + Send> = match path {
-            Some(p) => Box::new(
+        let file = match path {
+            Some(p) => Some(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)?,
             ),
-            None => Box::new(std::io::stderr()),
+            None => None,
         };
-        Ok(Sink {
-            out: Mutex::new(out),
-        })
+        Ok(Sink { file })
     }
 
     fn write(&self, line: &str) {
-        if let Ok(mut out) = self.out.lock() {
-            // One write per line, like nginx; a failing log must not fail requests.
-            let _ = out.write_all(line.as_bytes());
-        }
+        // One write per line, like nginx, and without a lock: the file is
+        // opened O_APPEND, so each line lands whole at the end, as the
+        // lines of nginx's worker processes do. (A mutex held across the
+        // write made the worker threads wait for each other on every 502:
+        // half a futex call per request.) A failing log must not fail
+        // requests.
+        let _ = match &self.file {
+            Some(f) => (&*f).write_all(line.as_bytes()),
+            None => std::io::stderr().write_all(line.as_bytes()),
+        };
     }
 }
 
