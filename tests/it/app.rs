@@ -85,21 +85,9 @@ fn access_denied_by_limit_extensions() {
     // The classic /uploads/x.jpg/y.php: with cgi.fix_pathinfo=1 PHP-FPM walks
     // back to the existing x.txt and refuses it (security.limit_extensions).
     let dir = support::temp_dir();
-    let root = dir.path().join("www");
-    std::fs::create_dir(&root).unwrap();
-    std::fs::write(root.join("upload.txt"), "<?php echo 'owned';").unwrap();
     let mut spec = pool("www");
     spec.limit_extensions = Some(".php".into());
-    let f = fpm(dir.path(), vec![spec]);
-    let p = Proxy::flags(
-        dir.path(),
-        &[
-            "--fastcgi",
-            &fpm_addr(&f, "www"),
-            "--root",
-            &root.display().to_string(),
-        ],
-    );
+    let (_f, p) = php_site(dir.path(), spec, &[("upload.txt", "<?php echo 'owned';")]);
     let r = p.get("/upload.txt/x.php");
     assert_diagnosed(&p, &r, "app.access_denied", 403);
     assert!(!r.text().contains("owned"));

@@ -423,6 +423,28 @@ pub fn fpm_addr(f: &Fpm, pool: &str) -> String {
     f.listen_of(pool).expect("pool").addr_string()
 }
 
+/// why502 (from flags) in front of a fresh PHP-FPM pool `spec`, with a
+/// document root of its own, `<dir>/www`, holding `files` (name, content).
+pub fn php_site(dir: &Path, spec: PoolSpec, files: &[(&str, &str)]) -> (Fpm, Proxy) {
+    let root = dir.join("www");
+    std::fs::create_dir(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+    for (name, content) in files {
+        std::fs::write(root.join(name), content).unwrap_or_else(|e| panic!("write {name}: {e}"));
+    }
+    let name = spec.name.clone();
+    let f = fpm(dir, vec![spec]);
+    let p = Proxy::flags(
+        dir,
+        &[
+            "--fastcgi",
+            &fpm_addr(&f, &name),
+            "--root",
+            &root.display().to_string(),
+        ],
+    );
+    (f, p)
+}
+
 /// The demo scripts' directory as a string (the document root for most tests).
 pub fn www() -> String {
     why502::fpm::demo_www().display().to_string()

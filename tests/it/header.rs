@@ -155,22 +155,13 @@ fn too_big_with_the_default_4k_buffer() {
 fn invalid_header_from_php() {
     // PHP's header() refuses CR, LF and NUL but lets other control bytes through.
     let dir = support::temp_dir();
-    let root = dir.path().join("www");
-    std::fs::create_dir(&root).unwrap();
-    std::fs::write(
-        root.join("badheader.php"),
-        "<?php\nheader(\"X-Bad\\x01Name: v\");\necho 'body';\n",
-    )
-    .unwrap();
-    let f = fpm(dir.path(), vec![pool("www")]);
-    let p = Proxy::flags(
+    let (_f, p) = php_site(
         dir.path(),
-        &[
-            "--fastcgi",
-            &fpm_addr(&f, "www"),
-            "--root",
-            &root.display().to_string(),
-        ],
+        pool("www"),
+        &[(
+            "badheader.php",
+            "<?php\nheader(\"X-Bad\\x01Name: v\");\necho 'body';\n",
+        )],
     );
     let r = p.get("/badheader.php");
     let d = assert_diagnosed(&p, &r, "header.invalid", 502);

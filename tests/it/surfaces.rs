@@ -275,31 +275,17 @@ fn diagnosis_header_names_keep_their_case() {
 /// nginx does.
 #[test]
 fn php_header_names_keep_their_case() {
-    let dir = support::temp_dir();
-    let root = dir.path().join("www");
-    std::fs::create_dir(&root).unwrap();
     let titled = "header('Content-type: text/plain'); header('X-App-Id: 7'); \
                   header('ETag: \"x\"'); header('Set-Cookie: a=1', false); \
                   header('Set-Cookie: b=2', false);";
-    std::fs::write(
-        root.join("titled.php"),
-        format!("<?php {titled} echo 'ok';"),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("mixed.php"),
-        format!("<?php {titled} header('x-lower-case: 1'); header('X-UPPER: 2'); echo 'ok';"),
-    )
-    .unwrap();
-    let f = fpm(dir.path(), vec![pool("www")]);
-    let p = Proxy::flags(
+    let titled_php = format!("<?php {titled} echo 'ok';");
+    let mixed_php =
+        format!("<?php {titled} header('x-lower-case: 1'); header('X-UPPER: 2'); echo 'ok';");
+    let dir = support::temp_dir();
+    let (_f, p) = php_site(
         dir.path(),
-        &[
-            "--fastcgi",
-            &fpm_addr(&f, "www"),
-            "--root",
-            &root.display().to_string(),
-        ],
+        pool("www"),
+        &[("titled.php", &titled_php), ("mixed.php", &mixed_php)],
     );
     for (path, extra) in [
         ("/titled.php", &[][..]),
