@@ -769,10 +769,7 @@ impl Exchange<'_> {
         // `Content-Type` as nginx does): a case map costs each header a
         // second map entry and its name parsed twice.
         let diag = &self.p.rt.config.diagnostics;
-        let titled = session.titles_header_names()
-            && ctx.add_headers.is_empty()
-            && diag.cause_header == crate::config::CAUSE_HEADER
-            && diag.request_id_header == crate::config::REQUEST_ID_HEADER
+        let titled = self.p.titles_all_names(session, ctx)
             && head.headers.iter().all(|(n, _)| {
                 n.eq_ignore_ascii_case("content-type")
                     || n.eq_ignore_ascii_case("content-length")

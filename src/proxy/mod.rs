@@ -898,10 +898,7 @@ impl Why502 {
         // The diagnosis headers under their default names need no case map
         // (see `downstream::response_header`); configured names keep theirs.
         let d = &self.rt.config.diagnostics;
-        let titled = session.titles_header_names()
-            && ctx.add_headers.is_empty()
-            && d.cause_header == crate::config::CAUSE_HEADER
-            && d.request_id_header == crate::config::REQUEST_ID_HEADER;
+        let titled = self.titles_all_names(session, ctx);
         let mut named = None;
         if let Some(values) = r.headers {
             if titled {
@@ -930,6 +927,18 @@ impl Why502 {
         }
         self.decorate_response(ctx, &mut h);
         self.write_simple(session, h, Bytes::from(r.body)).await
+    }
+
+    /// Whether a response header for this request may be built without a
+    /// case map: the session writes names in their usual capitalisation,
+    /// and no name comes from configuration (`add_header`, diagnosis
+    /// header names other than the defaults).
+    pub fn titles_all_names<S: Downstream>(&self, session: &S, ctx: &ReqCtx) -> bool {
+        let d = &self.rt.config.diagnostics;
+        session.titles_header_names()
+            && ctx.add_headers.is_empty()
+            && d.cause_header == crate::config::CAUSE_HEADER
+            && d.request_id_header == crate::config::REQUEST_ID_HEADER
     }
 
     /// An nginx-style status page without diagnosis (404, 403, 400...).
