@@ -677,7 +677,7 @@ mod tests {
                     .map(|_| {
                         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
                         let r = (x >> 16) as u8;
-                        if r % 7 == 0 {
+                        if r.is_multiple_of(7) {
                             b"\"\\\n\x01\x1f\xc3"[(r as usize / 7) % 6]
                         } else {
                             b'a' + r % 26

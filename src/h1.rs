@@ -146,6 +146,14 @@ pub struct H1Session {
     head_len: usize,
     /// Requests read on this connection so far.
     requests: u64,
+    /// The timer of the wait for the next request, kept from one wait to
+    /// the next: moving a registered timer later only updates its deadline
+    /// (tokio re-files it when the old one comes), where a new timer per
+    /// wait is filed into the timer wheel and taken out again. Made on the
+    /// first keep-alive wait.
+    idle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// See [`Downstream::take_upstream_timer`].
+    upstream_timer: Option<crate::proxy::downstream::UpstreamTimer>,
 }
 
 /// Connections accepted so far, for their serial numbers.
@@ -183,6 +191,8 @@ impl H1Session {
             number: next_connection_number(),
             head_len: 0,
             requests: 0,
+            idle: None,
+            upstream_timer: None,
         })
     }
 
@@ -551,6 +561,16 @@ impl H1Session {
 }
 
 impl Downstream for H1Session {
+    fn take_upstream_timer(&mut self) -> Option<crate::proxy::downstream::UpstreamTimer> {
+        Some(self.upstream_timer.take().unwrap_or_else(|| {
+            Box::pin(tokio::time::sleep_until(
+                tokio::time::Instant::now() + Duration::from_secs(3600),
+            ))
+        }))
+    }
+    fn put_upstream_timer(&mut self, t: crate::proxy::downstream::UpstreamTimer) {
+        self.upstream_timer = Some(t);
+    }
     fn req_header(&self) -> &RequestHeader {
         &self.req
     }
@@ -814,13 +834,20 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
         // connection holds no buffer (nginx frees it too): one is taken
         // when data arrives.
         loop {
-            let step = until
-                .saturating_duration_since(tokio::time::Instant::now())
-                .min(Duration::from_secs(1));
-            match tokio::time::timeout(step, s.stream.readable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Refuse::Close),
-                Err(_) => {
+            let step_end = until.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            let idle = s
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(step_end)));
+            idle.as_mut().reset(step_end);
+            let ready = tokio::select! {
+                biased;
+                r = s.stream.readable() => Some(r),
+                _ = idle.as_mut() => None,
+            };
+            match ready {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(Refuse::Close),
+                None => {
                     if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until {
                         return Err(Refuse::Close);
                     }

@@ -13,6 +13,9 @@ use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// What the request handlers use of a client connection.
+/// See [`Downstream::take_upstream_timer`].
+pub type UpstreamTimer = std::pin::Pin<Box<tokio::time::Sleep>>;
+
 pub trait Downstream: Send {
     /// The request header as parsed.
     fn req_header(&self) -> &RequestHeader;
@@ -60,6 +63,17 @@ pub trait Downstream: Send {
     fn body_bytes_read(&self) -> usize;
     /// The request header as received (HTTP/1; empty for HTTP/2).
     fn raw_request_header(&self) -> Bytes;
+    /// A timer the connection keeps for the waits on an upstream's
+    /// response, lent to one request at a time and given back with
+    /// [`Downstream::put_upstream_timer`]. Moving a registered timer later
+    /// only updates its deadline, where a new timer per wait is filed into
+    /// tokio's timer wheel and taken out again. `None`: the request makes
+    /// its own.
+    fn take_upstream_timer(&mut self) -> Option<UpstreamTimer> {
+        None
+    }
+    /// Gives back the timer from [`Downstream::take_upstream_timer`].
+    fn put_upstream_timer(&mut self, _t: UpstreamTimer) {}
     /// The connection's serial number (nginx's `*N` in error-log lines and
     /// `$connection`), where the server numbers its connections.
     fn connection_number(&self) -> Option<u64> {

@@ -21,7 +21,7 @@ use crate::report::{self, Failure};
 use crate::stderr::{self, StderrDiagnosis};
 use crate::upstream::{self, Conn, Pick};
 
-use super::downstream::{self, Downstream};
+use super::downstream::{self, Downstream, UpstreamTimer};
 use super::{Abort, ReqCtx, Why502};
 
 /// nginx always uses request id 1.
@@ -138,6 +138,25 @@ pub async fn serve<S: Downstream>(
     params: impl FnOnce(&S, &ReqCtx) -> BytesMut,
     buffered: Option<Vec<Bytes>>,
 ) -> Result<(), Abort> {
+    let mut timer = session.take_upstream_timer();
+    let r = serve_timed(p, session, ctx, server, fc, params, buffered, &mut timer).await;
+    if let Some(t) = timer {
+        session.put_upstream_timer(t);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_timed<S: Downstream>(
+    p: &Why502,
+    session: &mut S,
+    ctx: &mut ReqCtx,
+    server: &Server,
+    fc: &FastCgi,
+    params: impl FnOnce(&S, &ReqCtx) -> BytesMut,
+    buffered: Option<Vec<Bytes>>,
+    timer: &mut Option<UpstreamTimer>,
+) -> Result<(), Abort> {
     let Some(up) = p.rt.upstream_state(&fc.upstream).cloned() else {
         let f = Failure::new(
             Cause::ProxyInternal,
@@ -220,6 +239,7 @@ pub async fn serve<S: Downstream>(
             fc,
             server,
             conn: &mut conn,
+            timer: &mut *timer,
             reused,
             body_consumed: false,
             diag: None,
@@ -289,6 +309,8 @@ struct Exchange<'a> {
     fc: &'a FastCgi,
     server: &'a Server,
     conn: &'a mut Conn,
+    /// The connection's timer for the response waits, if it keeps one.
+    timer: &'a mut Option<UpstreamTimer>,
     reused: bool,
     body_consumed: bool,
     diag: Option<StderrDiagnosis>,
@@ -455,7 +477,21 @@ impl Exchange<'_> {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
             }
-            let read = tokio::time::timeout(fc.read_timeout, self.conn.read_buf(&mut buf)).await;
+            // fastcgi_read_timeout: between two successive reads.
+            let read = match self.timer.as_mut() {
+                Some(t) => {
+                    t.as_mut()
+                        .reset(tokio::time::Instant::now() + fc.read_timeout);
+                    tokio::select! {
+                        biased;
+                        r = self.conn.read_buf(&mut buf) => Ok(r),
+                        _ = t.as_mut() => Err(()),
+                    }
+                }
+                None => tokio::time::timeout(fc.read_timeout, self.conn.read_buf(&mut buf))
+                    .await
+                    .map_err(|_| ()),
+            };
             if ctx.summary.first_byte_ms.is_none() {
                 if let Some(s) = ctx.start {
                     ctx.summary.first_byte_ms = Some(s.elapsed().as_secs_f64() * 1000.0);

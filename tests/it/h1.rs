@@ -135,6 +135,38 @@ fn keep_alive_and_pipelining() {
     assert_eq!(all.matches("\r\nConnection: close\r\n").count(), 1, "{all}");
 }
 
+/// A connection keeps its timers from one request to the next (the wait for
+/// the next request, the waits on PHP's response): they must still fire
+/// after being moved, after firing, and after an idle wait outlasted the
+/// wait's one-second step.
+#[test]
+fn timers_kept_across_requests_still_fire() {
+    let dir = support::temp_dir();
+    let (_f, p) = with_php(dir.path(), |_| {}, &["--read-timeout", "1s"]);
+    let mut s = connect(&p.addr);
+    let mut get = |path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("write");
+        let t0 = Instant::now();
+        (response(&mut s), t0.elapsed())
+    };
+    let (r, _) = get("/hello.php");
+    assert_eq!(r.status, 200, "{r:?}");
+    // Idle for longer than one step of the keep-alive wait.
+    std::thread::sleep(Duration::from_millis(1500));
+    for round in 0..2 {
+        let (r, took) = get("/sleep.php?s=5");
+        assert_eq!(r.status, 504, "round {round}: {r:?}");
+        assert_eq!(r.header("Why502-Cause"), Some("header.timeout"), "{r:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+            "round {round}: {took:?}"
+        );
+        let (r, _) = get("/hello.php");
+        assert_eq!(r.status, 200, "round {round}: {r:?}");
+    }
+}
+
 #[test]
 fn chunked_upload_reaches_php() {
     let dir = support::temp_dir();
