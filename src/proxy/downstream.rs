@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-/// What the request handlers use of a client connection.
 /// See [`Downstream::take_upstream_timer`].
 pub type UpstreamTimer = std::pin::Pin<Box<tokio::time::Sleep>>;
 
+/// What the request handlers use of a client connection.
 pub trait Downstream: Send {
     /// The request header as parsed.
     fn req_header(&self) -> &RequestHeader;
