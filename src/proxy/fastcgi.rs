@@ -138,170 +138,163 @@ pub async fn serve<S: Downstream>(
     params: impl FnOnce(&S, &ReqCtx) -> BytesMut,
     buffered: Option<Vec<Bytes>>,
 ) -> Result<(), Abort> {
+    // The connection's timer, if it lends one, goes back on every return.
     let mut timer = session.take_upstream_timer();
-    let r = serve_timed(p, session, ctx, server, fc, params, buffered, &mut timer).await;
-    if let Some(t) = timer {
+    let timer = &mut timer;
+    let r = async {
+        let Some(up) = p.rt.upstream_state(&fc.upstream).cloned() else {
+            let f = Failure::new(
+                Cause::ProxyInternal,
+                "upstream state missing",
+                "upstream state missing",
+            );
+            return p.respond_failure(session, ctx, f).await;
+        };
+        let has_body = buffered.is_some() || !session.is_body_done();
+        // The params are built once a connection is up (nginx builds them
+        // first): a failed connect then costs nothing for them. They read
+        // nothing that the attempts change.
+        let mut params = Some(params);
+        let mut prelude = Bytes::new();
+        let idempotent = matches!(
+            session.req_header().method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+        );
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<Failure> = None;
+        let mut fresh_retry_used = false;
+        let mut force_fresh = false;
+        loop {
+            let i = match up.pick(&tried) {
+                Pick::Server(i) => i,
+                Pick::NoneLive(why) => {
+                    let f = match last.take() {
+                        Some(f) => f,
+                        None => {
+                            Failure::new(Cause::ConnectNoLiveUpstreams, "no live upstreams", why)
+                        }
+                    };
+                    return p.respond_failure(session, ctx, f).await;
+                }
+            };
+            tried.push(i);
+            let addr = &up.config.servers[i].addr;
+            let text = up.addr_text.get(i).map(String::as_str).unwrap_or_default();
+            ctx.summary.upstream = nginx_upstream(addr, text);
+            ctx.summary.next_hop.clear();
+            ctx.summary.next_hop.push_str(text);
+
+            let t0 = Instant::now();
+            let mut reused = false;
+            let mut conn = match (fc.keep_conn && !force_fresh)
+                .then(|| up.take_idle(i))
+                .flatten()
+            {
+                Some(c) => {
+                    reused = true;
+                    c
+                }
+                None => match upstream::connect(addr, fc.connect_timeout).await {
+                    Ok(c) => c,
+                    Err(f) => {
+                        up.failed(i, &f.nginx_message);
+                        last = Some(f);
+                        continue; // next server, or "no live upstreams" reports `last`
+                    }
+                },
+            };
+            force_fresh = false;
+            ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+            if let Some(build) = params.take() {
+                let params = build(session, ctx);
+                let mut p = BytesMut::with_capacity(params.len() + 64);
+                record::encode_begin_request(&mut p, REQUEST_ID, record::RESPONDER, fc.keep_conn);
+                record::encode_params(&mut p, REQUEST_ID, &params);
+                if !has_body {
+                    record::encode_stdin_end(&mut p, REQUEST_ID);
+                }
+                prelude = p.freeze();
+            }
+
+            let mut ex = Exchange {
+                p,
+                fc,
+                server,
+                conn: &mut conn,
+                timer: &mut *timer,
+                reused,
+                body_consumed: false,
+                diag: None,
+                stderr: String::new(),
+                stdout_seen: false,
+                head_sent: false,
+                declared_len: None,
+                body_sent: 0,
+                head_only: session.req_header().method == http::Method::HEAD,
+                buffered: buffered.as_deref(),
+                pending: Vec::new(),
+                head: None,
+                needs_framing: false,
+            };
+            match ex.run(session, ctx, &prelude, has_body).await {
+                Attempt::Done(reusable) => {
+                    up.succeeded(i);
+                    if reusable {
+                        up.put_idle(i, conn);
+                    }
+                    return Ok(());
+                }
+                Attempt::Aborted => return Err(Abort),
+                Attempt::StaleReused if !fresh_retry_used => {
+                    // Retry once on a fresh connection to the same server.
+                    fresh_retry_used = true;
+                    force_fresh = true;
+                    tried.pop();
+                    continue;
+                }
+                Attempt::StaleReused => {
+                    let f = Failure::new(
+                        Cause::HeaderClosedEmpty,
+                        "upstream prematurely closed connection",
+                        "a kept-alive connection and a fresh one both closed without a response",
+                    );
+                    return p.respond_failure(session, ctx, f).await;
+                }
+                Attempt::Failed { mut f, retryable } => {
+                    if !ex.stderr.is_empty() {
+                        ctx.summary.stderr_excerpt = ex.stderr.clone();
+                        if let Some(d) = &ex.diag {
+                            f.details = format!("{}; PHP said: {}", f.details, d.message);
+                        }
+                    }
+                    // Like nginx's max_fails: only "error" and "timeout" failures count,
+                    // not an application's invalid response.
+                    if retryable {
+                        up.failed(i, &f.nginx_message);
+                    }
+                    if retryable
+                        && idempotent
+                        && !ex.body_consumed
+                        && tried.len() < up.config.servers.len()
+                    {
+                        last = Some(f);
+                        continue;
+                    }
+                    return p.respond_failure(session, ctx, f).await;
+                }
+            }
+        }
+    }
+    .await;
+    if let Some(t) = timer.take() {
         session.put_upstream_timer(t);
     }
     r
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_timed<S: Downstream>(
-    p: &Why502,
-    session: &mut S,
-    ctx: &mut ReqCtx,
-    server: &Server,
-    fc: &FastCgi,
-    params: impl FnOnce(&S, &ReqCtx) -> BytesMut,
-    buffered: Option<Vec<Bytes>>,
-    timer: &mut Option<UpstreamTimer>,
-) -> Result<(), Abort> {
-    let Some(up) = p.rt.upstream_state(&fc.upstream).cloned() else {
-        let f = Failure::new(
-            Cause::ProxyInternal,
-            "upstream state missing",
-            "upstream state missing",
-        );
-        return p.respond_failure(session, ctx, f).await;
-    };
-    let has_body = buffered.is_some() || !session.is_body_done();
-    // The params are built once a connection is up (nginx builds them
-    // first): a failed connect then costs nothing for them. They read
-    // nothing that the attempts change.
-    let mut params = Some(params);
-    let mut prelude = Bytes::new();
-    let idempotent = matches!(
-        session.req_header().method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-    );
-
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last: Option<Failure> = None;
-    let mut fresh_retry_used = false;
-    let mut force_fresh = false;
-    loop {
-        let i = match up.pick(&tried) {
-            Pick::Server(i) => i,
-            Pick::NoneLive(why) => {
-                let f = match last.take() {
-                    Some(f) => f,
-                    None => Failure::new(Cause::ConnectNoLiveUpstreams, "no live upstreams", why),
-                };
-                return p.respond_failure(session, ctx, f).await;
-            }
-        };
-        tried.push(i);
-        let addr = &up.config.servers[i].addr;
-        let text = up.addr_text.get(i).map(String::as_str).unwrap_or_default();
-        ctx.summary.upstream = nginx_upstream(addr, text);
-        ctx.summary.next_hop.clear();
-        ctx.summary.next_hop.push_str(text);
-
-        let t0 = Instant::now();
-        let mut reused = false;
-        let mut conn = match (fc.keep_conn && !force_fresh)
-            .then(|| up.take_idle(i))
-            .flatten()
-        {
-            Some(c) => {
-                reused = true;
-                c
-            }
-            None => match upstream::connect(addr, fc.connect_timeout).await {
-                Ok(c) => c,
-                Err(f) => {
-                    up.failed(i, &f.nginx_message);
-                    last = Some(f);
-                    continue; // next server, or "no live upstreams" reports `last`
-                }
-            },
-        };
-        force_fresh = false;
-        ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
-        if let Some(build) = params.take() {
-            let params = build(session, ctx);
-            let mut p = BytesMut::with_capacity(params.len() + 64);
-            record::encode_begin_request(&mut p, REQUEST_ID, record::RESPONDER, fc.keep_conn);
-            record::encode_params(&mut p, REQUEST_ID, &params);
-            if !has_body {
-                record::encode_stdin_end(&mut p, REQUEST_ID);
-            }
-            prelude = p.freeze();
-        }
-
-        let mut ex = Exchange {
-            p,
-            fc,
-            server,
-            conn: &mut conn,
-            timer: &mut *timer,
-            reused,
-            body_consumed: false,
-            diag: None,
-            stderr: String::new(),
-            stdout_seen: false,
-            head_sent: false,
-            declared_len: None,
-            body_sent: 0,
-            head_only: session.req_header().method == http::Method::HEAD,
-            buffered: buffered.as_deref(),
-            pending: Vec::new(),
-            head: None,
-            needs_framing: false,
-        };
-        match ex.run(session, ctx, &prelude, has_body).await {
-            Attempt::Done(reusable) => {
-                up.succeeded(i);
-                if reusable {
-                    up.put_idle(i, conn);
-                }
-                return Ok(());
-            }
-            Attempt::Aborted => return Err(Abort),
-            Attempt::StaleReused if !fresh_retry_used => {
-                // Retry once on a fresh connection to the same server.
-                fresh_retry_used = true;
-                force_fresh = true;
-                tried.pop();
-                continue;
-            }
-            Attempt::StaleReused => {
-                let f = Failure::new(
-                    Cause::HeaderClosedEmpty,
-                    "upstream prematurely closed connection",
-                    "a kept-alive connection and a fresh one both closed without a response",
-                );
-                return p.respond_failure(session, ctx, f).await;
-            }
-            Attempt::Failed { mut f, retryable } => {
-                if !ex.stderr.is_empty() {
-                    ctx.summary.stderr_excerpt = ex.stderr.clone();
-                    if let Some(d) = &ex.diag {
-                        f.details = format!("{}; PHP said: {}", f.details, d.message);
-                    }
-                }
-                // Like nginx's max_fails: only "error" and "timeout" failures count,
-                // not an application's invalid response.
-                if retryable {
-                    up.failed(i, &f.nginx_message);
-                }
-                if retryable
-                    && idempotent
-                    && !ex.body_consumed
-                    && tried.len() < up.config.servers.len()
-                {
-                    last = Some(f);
-                    continue;
-                }
-                return p.respond_failure(session, ctx, f).await;
-            }
-        }
-    }
 }
 
 struct Exchange<'a> {
