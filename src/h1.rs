@@ -154,6 +154,8 @@ pub struct H1Session {
     idle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// See [`Downstream::take_upstream_timer`].
     upstream_timer: Option<crate::proxy::downstream::UpstreamTimer>,
+    /// See [`Downstream::head_lines`].
+    head_lines: Vec<u8>,
 }
 
 /// Connections accepted so far, for their serial numbers.
@@ -193,6 +195,7 @@ impl H1Session {
             requests: 0,
             idle: None,
             upstream_timer: None,
+            head_lines: Vec::new(),
         })
     }
 
@@ -444,6 +447,7 @@ impl H1Session {
                 out.extend_from_slice(b"\r\n");
             }
         }
+        out.extend_from_slice(&self.head_lines);
         let date = pingora_core::protocols::http::date::get_cached_date();
         for part in [b"Date: ", date.as_bytes(), b"\r\nConnection: "] {
             out.extend_from_slice(part);
@@ -550,6 +554,7 @@ impl H1Session {
         self.out = Vec::new();
         self.raw = Bytes::new();
         self.resp = None;
+        self.head_lines = Vec::new();
         // An empty header (no allocation): the old one's values point into
         // the read buffer.
         self.req = RequestHeader::from(http::Request::new(()).into_parts().0);
@@ -636,6 +641,21 @@ impl Downstream for H1Session {
                 "close"
             }
         })
+    }
+    fn head_lines(&mut self) -> Option<&mut Vec<u8>> {
+        Some(&mut self.head_lines)
+    }
+    fn sent_head_line(&self, name: &str) -> Option<&[u8]> {
+        self.resp.as_ref()?;
+        self.head_lines
+            .split(|&b| b == b'\n')
+            .find_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                line[..colon]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then(|| &line[colon + 1..])
+            })
+            .map(|v| v.trim_ascii())
     }
     fn body_bytes_sent(&self) -> usize {
         self.body_sent
@@ -1085,6 +1105,7 @@ fn build_request(s: &mut H1Session, n: usize, head: &Head) -> std::result::Resul
         conn_keep && !conn_close
     };
     s.resp = None;
+    s.head_lines.clear();
     s.body_out = BodyOut::NotStarted;
     s.body_sent = 0;
     Ok(())

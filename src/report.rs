@@ -421,7 +421,9 @@ pub struct Rendered {
     /// when diagnosis is on; `None` for a value that cannot be a header
     /// value.
     pub headers: Option<[Option<http::HeaderValue>; 3]>,
-    pub content_type: &'static str,
+    /// Made at compile time: `HeaderValue::from_static` checks its bytes
+    /// when called at run time.
+    pub content_type: http::HeaderValue,
     pub body: String,
 }
 
@@ -472,6 +474,11 @@ struct LastPage {
     next_hop: String,
     head: String,
     proxy_status: Option<http::HeaderValue>,
+    /// The diagnosis header lines around the request id's, for a session
+    /// that writes header lines itself: `Why502-Cause: …\r\n`, and
+    /// `Proxy-Status: …\r\n` (empty when it cannot be a header value).
+    cause_line: String,
+    proxy_status_line: String,
 }
 
 impl LastPage {
@@ -500,6 +507,8 @@ fn with_last_page<R>(
             _ => {
                 let status = f.status();
                 let code = f.cause.info().code;
+                let proxy_status = proxy_status(f, &req.next_hop, trusted);
+                let valid = http::HeaderValue::try_from(proxy_status.as_str()).is_ok();
                 last.insert(LastPage {
                     cause: f.cause,
                     upstream_status: f.upstream_status,
@@ -509,12 +518,13 @@ fn with_last_page<R>(
                     stderr: req.stderr_excerpt.clone(),
                     next_hop: req.next_hop.clone(),
                     head: page_head(status, reason_phrase(status), code, f, req, trusted),
-                    proxy_status: http::HeaderValue::try_from(proxy_status(
-                        f,
-                        &req.next_hop,
-                        trusted,
-                    ))
-                    .ok(),
+                    cause_line: format!("{}: {code}\r\n", crate::config::CAUSE_HEADER),
+                    proxy_status_line: if valid {
+                        format!("Proxy-Status: {proxy_status}\r\n")
+                    } else {
+                        String::new()
+                    },
+                    proxy_status: http::HeaderValue::try_from(proxy_status).ok(),
                 })
             }
         };
@@ -576,7 +586,19 @@ code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.
 }
 
 /// Renders the headers and error page for a failure answered by why502.
-pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json: bool) -> Rendered {
+/// Renders the response for failure `f`. `lines`: for a session that
+/// writes header lines itself ([`Downstream::head_lines`]), the diagnosis
+/// headers are written there under their default names, and
+/// [`Rendered::headers`] is `None`.
+///
+/// [`Downstream::head_lines`]: crate::proxy::downstream::Downstream::head_lines
+pub fn render(
+    diag: &Diagnostics,
+    f: &Failure,
+    req: &RequestSummary,
+    wants_json: bool,
+    lines: Option<&mut Vec<u8>>,
+) -> Rendered {
     let status = f.status();
     let trusted = is_trusted(diag, req.client);
     let info = f.cause.info();
@@ -585,21 +607,38 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
         return Rendered {
             status,
             headers: None,
-            content_type: "text/html",
+            content_type: const { http::HeaderValue::from_static("text/html") },
             body: status_page(status, ""),
         };
     }
     // Values made without a copy where they can be: the cause code is
-    // static, Proxy-Status is kept with the last page.
-    let headers = |proxy_status| {
-        Some([
+    // static, Proxy-Status and the header lines are kept with the last
+    // page.
+    let headers = |p: &LastPage| match lines {
+        Some(out) => {
+            out.reserve(p.cause_line.len() + p.proxy_status_line.len() + 64);
+            out.extend_from_slice(p.cause_line.as_bytes());
+            if req.request_id.bytes().all(|b| b >= b' ' && b != 127) {
+                for part in [
+                    crate::config::REQUEST_ID_HEADER,
+                    ": ",
+                    &req.request_id,
+                    "\r\n",
+                ] {
+                    out.extend_from_slice(part.as_bytes());
+                }
+            }
+            out.extend_from_slice(p.proxy_status_line.as_bytes());
+            None
+        }
+        None => Some([
             Some(http::HeaderValue::from_static(info.code)),
             http::HeaderValue::from_str(&req.request_id).ok(),
-            proxy_status,
-        ])
+            p.proxy_status.clone(),
+        ]),
     };
     if wants_json {
-        let headers = headers(with_last_page(f, req, trusted, |p| p.proxy_status.clone()));
+        let headers = with_last_page(f, req, trusted, headers);
         let mut obj = serde_json::json!({
             "status": status,
             "cause": info.code,
@@ -623,28 +662,33 @@ pub fn render(diag: &Diagnostics, f: &Failure, req: &RequestSummary, wants_json:
         return Rendered {
             status,
             headers,
-            content_type: "application/json",
+            content_type: const { http::HeaderValue::from_static("application/json") },
             body,
         };
     }
     // The page up to the request id is the same for the same failure: a
     // failing upstream fails the same way many times a second, so the last
     // one is kept per thread and only the request id is written anew.
-    let mut body = String::with_capacity(4096);
-    let headers = headers(with_last_page(f, req, trusted, |p| {
-        body.push_str(&p.head);
-        p.proxy_status.clone()
-    }));
-    if req.request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        body.push_str(&req.request_id);
+    // Of its exact size: a `Bytes` made from a vector with room to spare
+    // allocates its own header.
+    const TAIL: &str = "</code> &middot; why502</p>\n</body></html>\n";
+    let id = if req.request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        std::borrow::Cow::Borrowed(req.request_id.as_str())
     } else {
-        body.push_str(&html_escape(&req.request_id));
-    }
-    body.push_str("</code> &middot; why502</p>\n</body></html>\n");
+        std::borrow::Cow::Owned(html_escape(&req.request_id))
+    };
+    let mut body = String::new();
+    let headers = with_last_page(f, req, trusted, |p| {
+        body.reserve_exact(p.head.len() + id.len() + TAIL.len());
+        body.push_str(&p.head);
+        headers(p)
+    });
+    body.push_str(&id);
+    body.push_str(TAIL);
     Rendered {
         status,
         headers,
-        content_type: "text/html; charset=utf-8",
+        content_type: const { http::HeaderValue::from_static("text/html; charset=utf-8") },
         body,
     }
 }
@@ -754,7 +798,7 @@ mod tests {
         let f = Failure::new(Cause::ConnectSocketMissing, "m", "/run/php/secret.sock");
         let mut r = req();
         r.client = "203.0.113.9".parse().ok();
-        let out = render(&d, &f, &r, false);
+        let out = render(&d, &f, &r, false, None);
         assert!(!out.body.contains("secret"));
         assert!(out.body.contains("connect.socket_missing"));
         let ps = &proxy_status_of(&out);
@@ -762,7 +806,7 @@ mod tests {
             !ps.contains("secret") && ps.contains("error=destination_not_found"),
             "{ps}"
         );
-        let out = render(&d, &f, &req(), true);
+        let out = render(&d, &f, &req(), true, None);
         assert!(out.body.contains("secret"));
         let v: serde_json::Value = serde_json::from_str(&out.body).expect("json");
         assert_eq!(v["cause"], "connect.socket_missing");
@@ -773,25 +817,27 @@ mod tests {
         let d = Diagnostics::default();
         let f = Failure::new(Cause::ConnectSocketMissing, "m", "first <details>");
         let mut r = req();
-        let a = render(&d, &f, &r, false);
+        let a = render(&d, &f, &r, false, None);
         r.request_id = "def".into();
-        let b = render(&d, &f, &r, false);
+        let b = render(&d, &f, &r, false, None);
         assert_eq!(a.body.replace(">abc<", ">def<"), b.body);
         assert!(b.body.contains("<code id=\"request-id\">def</code>"));
         assert_eq!(proxy_status_of(&a), proxy_status_of(&b));
         // Anything the page shows makes it a new page.
         let g = Failure::new(Cause::ConnectSocketMissing, "m", "second");
-        let c = render(&d, &g, &r, false);
+        let c = render(&d, &g, &r, false, None);
         assert!(c.body.contains("second") && !c.body.contains("first"));
         assert!(proxy_status_of(&c).contains("second"));
         r.client = "203.0.113.9".parse().ok();
-        let untrusted = render(&d, &g, &r, false);
+        let untrusted = render(&d, &g, &r, false, None);
         assert!(!untrusted.body.contains("second"));
         r.client = "127.0.0.1".parse().ok();
         r.stderr_excerpt = "PHP Fatal error".into();
-        assert!(render(&d, &g, &r, false).body.contains("PHP Fatal error"));
+        assert!(render(&d, &g, &r, false, None)
+            .body
+            .contains("PHP Fatal error"));
         r.request_id = "<x>".into();
-        assert!(render(&d, &g, &r, false).body.contains(">&lt;x&gt;<"));
+        assert!(render(&d, &g, &r, false, None).body.contains(">&lt;x&gt;<"));
     }
 
     #[test]

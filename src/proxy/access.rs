@@ -476,7 +476,9 @@ impl<S: Downstream> LogValues for Values<'_, S> {
                 let h = self.session.response_written()?;
                 h.headers
                     .get(name.as_str())
-                    .map(|v| Cow::Borrowed(v.as_bytes()))
+                    .map(|v| v.as_bytes())
+                    .or_else(|| self.session.sent_head_line(name))
+                    .map(Cow::Borrowed)
             }
             LogVar::Pid => owned(std::process::id().to_string()),
             LogVar::RequestCompletion => {

@@ -94,6 +94,20 @@ pub trait Downstream: Send {
     fn sent_connection(&self) -> Option<&'static str> {
         None
     }
+    /// Header lines (`Name: value\r\n` each) the next response header is
+    /// written with, after its map's: for headers why502 sets itself under
+    /// their usual names (the diagnosis headers), which cost more put in
+    /// the map (a name that is not a standard one is hashed byte by byte)
+    /// than written out. Empty at each request's start. `None`: the
+    /// session writes only its map.
+    fn head_lines(&mut self) -> Option<&mut Vec<u8>> {
+        None
+    }
+    /// The value of header `name` (any case) as written from
+    /// [`Downstream::head_lines`], for `$sent_http_NAME`.
+    fn sent_head_line(&self, _name: &str) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// Sets header `name` (replacing any value) to `value`. A header without a

@@ -332,6 +332,9 @@ impl ProxyHttp for Why502 {
     }
 }
 
+/// The `Server` header's value.
+pub const SERVER: HeaderValue = HeaderValue::from_static("why502");
+
 /// The diagnosis headers under their default names (written titled, see
 /// `h1::put_title`): cause, request id, Proxy-Status.
 const DIAG_NAMES: [http::HeaderName; 3] = [
@@ -881,7 +884,17 @@ impl Why502 {
             .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
         ctx.summary.status = f.status();
         self.finish_timing(ctx);
-        let r = report::render(&self.rt.config.diagnostics, &f, &ctx.summary, wants_json);
+        // The diagnosis headers under their default names are written as
+        // lines by a session that takes them: no case map, no name hashed.
+        let titled = self.titles_all_names(session, ctx);
+        let lines = if titled { session.head_lines() } else { None };
+        let r = report::render(
+            &self.rt.config.diagnostics,
+            &f,
+            &ctx.summary,
+            wants_json,
+            lines,
+        );
         report::log_failure(&self.rt.errlog, &f, &ctx.summary);
         ctx.logged = true;
         ctx.failure = Some(f);
@@ -892,13 +905,16 @@ impl Why502 {
         // Room for the diagnosis headers and the three the server adds
         // (Server, Date, Connection): a map that grows rehashes.
         let mut m = http::HeaderMap::with_capacity(16);
-        m.insert(hn::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+        m.insert(hn::CONTENT_TYPE, r.content_type);
         m.insert(hn::CONTENT_LENGTH, HeaderValue::from(r.body.len()));
-        m.insert(hn::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        m.insert(
+            hn::CACHE_CONTROL,
+            const { HeaderValue::from_static("no-store") },
+        );
+        m.insert(hn::SERVER, SERVER);
         // The diagnosis headers under their default names need no case map
         // (see `downstream::response_header`); configured names keep theirs.
         let d = &self.rt.config.diagnostics;
-        let titled = self.titles_all_names(session, ctx);
         let mut named = None;
         if let Some(values) = r.headers {
             if titled {
@@ -958,10 +974,11 @@ impl Why502 {
         if !body.is_empty() {
             m.insert(
                 http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html"),
+                const { HeaderValue::from_static("text/html") },
             );
         }
         m.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        m.insert(http::header::SERVER, SERVER);
         let code = http::StatusCode::from_u16(code).map_err(|_| Abort)?;
         // No case map unless `add_header` names need theirs.
         let titled = session.titles_header_names() && ctx.add_headers.is_empty();
@@ -1071,11 +1088,15 @@ impl Why502 {
         mut h: ResponseHeader,
         body: Bytes,
     ) -> Result<(), Abort> {
-        downstream::set_header(
-            &mut h,
-            http::header::SERVER,
-            http::HeaderValue::from_static("why502"),
-        );
+        // A header built with why502's `Server` alone is left as it is:
+        // `set_header` moves the header out and back (400 instructions).
+        let ours = {
+            let mut v = h.headers.get_all(http::header::SERVER).iter();
+            v.next() == Some(&SERVER) && v.next().is_none()
+        };
+        if !ours {
+            downstream::set_header(&mut h, http::header::SERVER, SERVER);
+        }
         // The request body (if any) was not read: don't keep the connection.
         if !session.is_body_done() {
             session.set_keepalive(None);

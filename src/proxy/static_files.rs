@@ -15,7 +15,7 @@ use super::downstream::Downstream;
 use super::{Abort, ReqCtx, Why502};
 
 const CHUNK: usize = 64 * 1024;
-const SERVER: http::HeaderValue = http::HeaderValue::from_static("why502");
+use super::SERVER;
 
 /// Content type by file extension (nginx `default_type application/octet-stream`).
 pub fn content_type(path: &Path) -> &'static str {

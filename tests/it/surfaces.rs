@@ -129,7 +129,8 @@ fn diagnostics_disabled_gives_nginx_plain_page() {
 
 /// Access logs: why502's default format (combined + cause + request id) at
 /// the top level, a location with two logs (one in a JSON `log_format` with
-/// `$why502_cause`), a location with `access_log: off`.
+/// `$why502_cause` and the diagnosis headers as sent, `$sent_http_*`), a
+/// location with `access_log: off`.
 #[test]
 fn access_logs_carry_the_cause() {
     let dir = support::temp_dir();
@@ -140,6 +141,7 @@ log:
   access_log: {d}/a.log
   log_formats:
     j: {{ format: '{{"s":$status,"c":"$why502_cause","r":"$request_id","u":"$upstream_addr"}}', escape: json }}
+    h: {{ format: '{{"c":"$sent_http_why502_cause","r":"$sent_http_why502_request_id","p":"$sent_http_proxy_status","t":"$sent_http_content_type","n":"$sent_http_x_none"}}', escape: json }}
 servers:
   - listen: ["{{listen}}"]
     locations:
@@ -149,7 +151,7 @@ servers:
         access_log: off
         return: {{ code: 200, text: "q\n" }}
       - prefix: /
-        access_log: [{d}/a.log, {{ path: {d}/j.log, format: j }}]
+        access_log: [{d}/a.log, {{ path: {d}/j.log, format: j }}, {{ path: {d}/h.log, format: h }}]
         fastcgi: {{ pass: "unix:{d}/missing.sock" }}
 "#
     );
@@ -189,6 +191,15 @@ servers:
             "{{\"s\":502,\"c\":\"connect.socket_missing\",\"r\":\"{rid}\",\"u\":\"unix:{d}/missing.sock\"}}"
         )
     );
+    // `$sent_http_*` reads the diagnosis headers as they went out, though
+    // the own server writes them as lines and not from the header map.
+    let h: serde_json::Value = serde_json::from_str(read("h.log", 1).trim_end()).expect("json");
+    let sent = |n: &str| r.header(n).expect(n).to_string();
+    assert_eq!(h["c"], "connect.socket_missing", "{h}");
+    assert_eq!(h["r"], rid.as_str(), "{h}");
+    assert_eq!(h["p"], sent("Proxy-Status").as_str(), "{h}");
+    assert_eq!(h["t"], sent("Content-Type").as_str(), "{h}");
+    assert_eq!(h["n"], "", "{h}");
 }
 
 #[test]
