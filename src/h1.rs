@@ -16,9 +16,9 @@
 //! and `Transfer-Encoding`; 414 for a request line over 8 KiB, 400
 //! "Request Header Or Cookie Too Large" for a header line over 8 KiB or a
 //! header over 32 KiB, 501 for a
-//! transfer coding other than chunked; `client_header_timeout` 60 s and
-//! `keepalive_timeout` 75 s (nginx's defaults); `keepalive_requests` (the
-//! server's, 1000 by default); `send_timeout` 60 s;
+//! transfer coding other than chunked; `client_header_timeout` 60 s
+//! (nginx's default); `keepalive_timeout` and `keepalive_requests` (the
+//! server's, 75 s and 1000 by default); `send_timeout` 60 s;
 //! lingering close (`lingering_time` 30 s, `lingering_timeout` 5 s).
 
 use std::future::Future;
@@ -40,7 +40,7 @@ use crate::proxy::downstream::Downstream;
 /// nginx `client_header_timeout`.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx `keepalive_timeout`.
-pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = crate::config::KEEPALIVE_TIMEOUT;
 /// nginx `send_timeout`.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx `lingering_time`: the longest a closing connection reads (and
@@ -156,6 +156,9 @@ pub struct H1Session {
     upstream_timer: Option<crate::proxy::downstream::UpstreamTimer>,
     /// See [`Downstream::head_lines`].
     head_lines: Vec<u8>,
+    /// The wait for the next request (`keepalive_timeout` of the last
+    /// request's server).
+    keepalive_timeout: Duration,
 }
 
 /// Connections accepted so far, for their serial numbers.
@@ -196,6 +199,7 @@ impl H1Session {
             idle: None,
             upstream_timer: None,
             head_lines: Vec::new(),
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
         })
     }
 
@@ -630,6 +634,12 @@ impl Downstream for H1Session {
             self.keepalive = false;
         }
     }
+    fn set_idle_timeout(&mut self, t: Duration) {
+        if t.is_zero() {
+            self.keepalive = false;
+        }
+        self.keepalive_timeout = t;
+    }
     fn sent_header_len(&self) -> Option<usize> {
         self.resp.as_ref().map(|_| self.head_len)
     }
@@ -846,7 +856,7 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
         let wait = if first {
             HEADER_TIMEOUT
         } else {
-            KEEPALIVE_TIMEOUT
+            s.keepalive_timeout
         };
         let until = tokio::time::Instant::now() + wait;
         // Waits in steps of a second at most, to see a shutdown (cheaper

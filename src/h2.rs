@@ -14,8 +14,8 @@
 //!
 //! What it does like nginx: up to 128 concurrent streams
 //! (`http2_max_concurrent_streams`), a 32 KiB limit on a request's header
-//! list (as the HTTP/1 server), `keepalive_timeout` 75 s on a connection
-//! without streams, `keepalive_requests` (GOAWAY after the stream that
+//! list (as the HTTP/1 server), `keepalive_timeout` (the last stream's
+//! server's, 75 s by default) on a connection without streams, `keepalive_requests` (GOAWAY after the stream that
 //! reaches it), `send_timeout`
 //! 60 s while waiting for flow-control window, GOAWAY on shutdown. A
 //! response that fails after its header, or is shorter than its
@@ -23,7 +23,7 @@
 //! tell it is incomplete.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +87,10 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
         client: stream.peer_addr().ok(),
         local: stream.local_addr().ok(),
         number,
-        last: Arc::new(AtomicBool::new(false)),
+        conn: Arc::new(ConnFlags {
+            last: AtomicBool::new(false),
+            idle_ms: AtomicU64::new(KEEPALIVE_TIMEOUT.as_millis() as u64),
+        }),
     };
     let mut b = h2::server::Builder::new();
     b.max_concurrent_streams(MAX_STREAMS)
@@ -115,7 +118,7 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
                 if streams.is_empty() {
                     idle_since = Instant::now();
                 }
-                if closing.is_none() && shared.last.load(Ordering::Relaxed) {
+                if closing.is_none() && shared.conn.last.load(Ordering::Relaxed) {
                     closing = Some(Instant::now());
                     conn.graceful_shutdown();
                 }
@@ -136,7 +139,8 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
             },
             () = &mut tick => {
                 tick.as_mut().reset(Instant::now() + Duration::from_secs(1));
-                let idle = streams.is_empty() && idle_since.elapsed() >= KEEPALIVE_TIMEOUT;
+                let keepalive = Duration::from_millis(shared.conn.idle_ms.load(Ordering::Relaxed));
+                let idle = streams.is_empty() && idle_since.elapsed() >= keepalive;
                 match closing {
                     None if idle || crate::h1::stopping() => {
                         closing = Some(Instant::now());
@@ -187,8 +191,8 @@ pub struct H2Session {
     body_sent: usize,
     /// This stream's place among the connection's (1 for the first).
     requests: u64,
-    /// The connection's "last request" flag (see `limit_requests`).
-    last: Arc<AtomicBool>,
+    /// What the stream tells its connection.
+    conn: Arc<ConnFlags>,
 }
 
 /// What a connection's streams share.
@@ -196,9 +200,18 @@ struct Shared {
     client: Option<SocketAddr>,
     local: Option<SocketAddr>,
     number: u64,
+    conn: Arc<ConnFlags>,
+}
+
+/// What a stream tells its connection.
+struct ConnFlags {
     /// Set by a stream that is the last its server allows on the
-    /// connection (`keepalive_requests`): GOAWAY once it is done.
-    last: Arc<AtomicBool>,
+    /// connection (`keepalive_requests`, `keepalive_timeout 0`): GOAWAY
+    /// once it is done.
+    last: AtomicBool,
+    /// The `keepalive_timeout` of the last stream's server, in ms: how long
+    /// the connection is kept without streams.
+    idle_ms: AtomicU64,
 }
 
 fn err(t: ErrorType, msg: &'static str) -> Box<Error> {
@@ -240,7 +253,7 @@ impl H2Session {
             body_read: 0,
             body_sent: 0,
             requests,
-            last: c.last.clone(),
+            conn: c.conn.clone(),
         }
     }
 
@@ -443,8 +456,16 @@ impl Downstream for H2Session {
     }
     fn limit_requests(&mut self, max: u64) {
         if self.requests >= max {
-            self.last.store(true, Ordering::Relaxed);
+            self.conn.last.store(true, Ordering::Relaxed);
         }
+    }
+    fn set_idle_timeout(&mut self, t: Duration) {
+        if t.is_zero() {
+            self.conn.last.store(true, Ordering::Relaxed);
+        }
+        self.conn
+            .idle_ms
+            .store(t.as_millis() as u64, Ordering::Relaxed);
     }
     fn body_bytes_sent(&self) -> usize {
         self.body_sent

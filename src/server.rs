@@ -181,12 +181,24 @@ pub fn run(config: Config) -> Result<(), String> {
             ),
         }
     }
-    if pingora.iter().any(|l| l.tls.is_none() && l.http2) {
-        if let Some(app) = svc.app_logic_mut() {
-            let mut opts = pingora_core::apps::HttpServerOptions::default();
-            opts.h2c = true;
-            app.server_options = Some(opts);
-        }
+    // HTTP/2 over TLS: one idle timeout for the port, the longest
+    // `keepalive_timeout` of the servers (HTTP/1: each server's own).
+    let h2_idle = app
+        .rt
+        .config
+        .servers
+        .iter()
+        .map(|s| s.keepalive_timeout)
+        .max()
+        .filter(|t| !t.is_zero());
+    if let Some(proxy) = svc.app_logic_mut() {
+        let mut opts = pingora_core::apps::HttpServerOptions::default();
+        opts.h2c = pingora.iter().any(|l| l.tls.is_none() && l.http2);
+        // Counts a connection's requests down from here, for each server's
+        // `keepalive_requests` (see `Downstream::limit_requests`).
+        opts.keepalive_request_limit = Some(crate::proxy::downstream::PINGORA_REQUEST_COUNT);
+        opts.h2_idle_timeout = h2_idle;
+        proxy.server_options = Some(opts);
     }
     server.add_service(svc);
     server.run_forever()

@@ -108,6 +108,7 @@ impl Config {
                 client_max_body_size: 1 << 20,
                 client_body_timeout: Duration::from_secs(60),
                 keepalive_requests: KEEPALIVE_REQUESTS,
+                keepalive_timeout: KEEPALIVE_TIMEOUT,
                 origin,
                 rewrites: Vec::new(),
                 base: None,
@@ -313,6 +314,9 @@ pub const REQUEST_ID_HEADER: &str = "Why502-Request-Id";
 /// nginx's default `keepalive_requests`.
 pub const KEEPALIVE_REQUESTS: u64 = 1000;
 
+/// nginx's default `keepalive_timeout`.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: Vec<Listen>,
@@ -327,6 +331,10 @@ pub struct Server {
     /// which it is closed (HTTP/1: `Connection: close` on the last one;
     /// HTTP/2: GOAWAY). Default 1000.
     pub keepalive_requests: u64,
+    /// nginx `keepalive_timeout`: how long a client connection is kept open
+    /// waiting for its next request (HTTP/2: without streams) after a
+    /// request to this server; zero turns keep-alive off. Default 75 s.
+    pub keepalive_timeout: Duration,
     pub origin: Origin,
     /// Server-level rewrite-phase directives (`rewrite`, `return`, `set` in
     /// `server {}`), run before a location is searched (nginx front end).

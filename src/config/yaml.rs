@@ -459,6 +459,9 @@ struct ServerFile {
     /// Requests on one client connection before it is closed (nginx
     /// `keepalive_requests`, default 1000).
     keepalive_requests: Option<u64>,
+    /// How long an idle client connection is kept for its next request
+    /// (nginx `keepalive_timeout`, default 75s; 0 turns keep-alive off).
+    keepalive_timeout: Option<Dur>,
     /// Rewrite-phase steps run before a location is searched.
     #[serde(default)]
     rewrites: Vec<ScriptOpFile>,
@@ -1047,6 +1050,10 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
             keepalive_requests: s
                 .keepalive_requests
                 .unwrap_or(crate::config::KEEPALIVE_REQUESTS),
+            keepalive_timeout: s
+                .keepalive_timeout
+                .map(|x| x.0)
+                .unwrap_or(crate::config::KEEPALIVE_TIMEOUT),
             origin: server_origin,
             rewrites: convert_script(s.rewrites, &origin)?,
             base,

@@ -413,6 +413,7 @@ struct Level {
     client_max_body_size: Option<u64>,
     client_body_timeout: Option<Duration>,
     keepalive_requests: Option<u64>,
+    keepalive_timeout: Option<Duration>,
     absolute_redirect: Option<bool>,
     ssl_cert: Option<PathBuf>,
     ssl_key: Option<PathBuf>,
@@ -483,6 +484,7 @@ impl Level {
             client_max_body_size,
             client_body_timeout,
             keepalive_requests,
+            keepalive_timeout,
             absolute_redirect,
             ssl_cert,
             ssl_key,
@@ -1121,6 +1123,22 @@ impl Cv {
                 })?;
                 l.keepalive_requests = Some(n);
             }
+            // `keepalive_timeout TIMEOUT [HEADER_TIMEOUT]`, http and server
+            // level. The second (a `Keep-Alive: timeout=N` response header)
+            // is reported and ignored.
+            "keepalive_timeout" if ctx != "location" => {
+                self.nargs(d, 1, 2)?;
+                let t = parse_duration(a0()).map_err(|e| err(d, e))?;
+                if let Some(h) = d.arg(1) {
+                    self.warnings.push(ConfigError::new(
+                        origin(d),
+                        format!(
+                            "\"keepalive_timeout\": the second argument ({h}, a \"Keep-Alive: timeout=N\" response header) is not supported: ignored"
+                        ),
+                    ));
+                }
+                l.keepalive_timeout = Some(t);
+            }
             "absolute_redirect" => l.absolute_redirect = Some(self.flag(d)?),
             "ssl_certificate" => {
                 self.nargs(d, 1, 1)?;
@@ -1323,6 +1341,9 @@ impl Cv {
             keepalive_requests: level
                 .keepalive_requests
                 .unwrap_or(crate::config::KEEPALIVE_REQUESTS),
+            keepalive_timeout: level
+                .keepalive_timeout
+                .unwrap_or(crate::config::KEEPALIVE_TIMEOUT),
             origin: origin(d),
             rewrites,
             base: Some(Box::new(base)),

@@ -541,3 +541,34 @@ fn keepalive_requests_per_server() {
     let e = err("events {}\nhttp { server { listen 8080; keepalive_requests lots; } }\n");
     assert!(e.to_string().contains("keepalive_requests"), "{e}");
 }
+
+#[test]
+fn keepalive_timeout_per_server() {
+    use std::time::Duration;
+    let cfg = ok("events {}\nhttp {\n  keepalive_timeout 30s;\n  server { listen 8080; }\n  server {\n    listen 8081;\n    keepalive_timeout 5 4;\n    location / { keepalive_timeout 9; }\n  }\n}\n");
+    assert_eq!(
+        cfg.servers[0].keepalive_timeout,
+        Duration::from_secs(30),
+        "from http"
+    );
+    assert_eq!(cfg.servers[1].keepalive_timeout, Duration::from_secs(5));
+    // The header timeout, and the directive in a location: reported, ignored.
+    for line in [7, 8] {
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.message.contains("ignored") && w.origin.line == line),
+            "line {line}: {:?}",
+            cfg.warnings
+        );
+    }
+    let cfg = ok("events {}\nhttp { server { listen 8080; keepalive_timeout 0; } server { listen 8081; } }\n");
+    assert_eq!(cfg.servers[0].keepalive_timeout, Duration::ZERO);
+    assert_eq!(
+        cfg.servers[1].keepalive_timeout,
+        Duration::from_secs(75),
+        "nginx's default"
+    );
+    let e = err("events {}\nhttp { server { listen 8080; keepalive_timeout forever; } }\n");
+    assert!(e.to_string().contains("forever"), "{e}");
+}

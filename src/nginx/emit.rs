@@ -546,6 +546,9 @@ fn server(out: &mut Out, s: &Server) {
     if s.keepalive_requests != crate::config::KEEPALIVE_REQUESTS {
         let _ = writeln!(o, "    keepalive_requests: {}", s.keepalive_requests);
     }
+    if s.keepalive_timeout != crate::config::KEEPALIVE_TIMEOUT {
+        let _ = writeln!(o, "    keepalive_timeout: {}", dur(s.keepalive_timeout));
+    }
     if s.absolute_redirect {
         o.push_str("    absolute_redirect: true\n");
     }

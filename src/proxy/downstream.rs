@@ -90,6 +90,10 @@ pub trait Downstream: Send {
     /// closed after it (HTTP/2: GOAWAY). A no-op where the server does not
     /// count (Pingora's listeners).
     fn limit_requests(&mut self, _max: u64) {}
+    /// nginx `keepalive_timeout` of the request's server: how long the
+    /// connection waits for its next request after this one (HTTP/2: stays
+    /// open without streams). Zero: closed after this request.
+    fn set_idle_timeout(&mut self, _t: std::time::Duration) {}
     /// `$sent_http_connection` where `Connection` is not in the map.
     fn sent_connection(&self) -> Option<&'static str> {
         None
@@ -126,6 +130,11 @@ pub fn set_header(h: &mut ResponseHeader, name: http::HeaderName, value: http::H
     parts.headers.insert(name, value);
     *h = ResponseHeader::from(parts);
 }
+
+/// The request limit of Pingora's listeners: each connection's
+/// `keepalive_reuses_remaining` counts down from it, which numbers its
+/// requests for `keepalive_requests`.
+pub const PINGORA_REQUEST_COUNT: u32 = u32::MAX;
 
 /// A response header with headers whose names why502 sets itself (not
 /// from configuration or an upstream). `titled`: built without a case map,
@@ -209,6 +218,28 @@ impl Downstream for pingora_proxy::Session {
     }
     fn set_keepalive(&mut self, secs: Option<u64>) {
         self.as_downstream_mut().set_keepalive(secs)
+    }
+    fn limit_requests(&mut self, max: u64) {
+        // Pingora counts the reuses left down from the service's limit
+        // (`server::run` sets it to `PINGORA_REQUEST_COUNT`).
+        let Some(left) = self.as_downstream().get_keepalive_reuses_remaining() else {
+            return;
+        };
+        let this = u64::from(PINGORA_REQUEST_COUNT - left) + 1;
+        if this >= max {
+            self.as_downstream_mut().set_keepalive(None);
+        }
+    }
+    fn set_idle_timeout(&mut self, t: std::time::Duration) {
+        // Pingora keeps HTTP/1 connections in whole seconds (0: forever).
+        let ds = self.as_downstream_mut();
+        if ds.get_keepalive().is_some() {
+            ds.set_keepalive(if t.is_zero() {
+                None
+            } else {
+                Some(t.as_secs() + u64::from(t.subsec_nanos() > 0))
+            });
+        }
     }
     fn response_written(&self) -> Option<&ResponseHeader> {
         self.as_downstream().response_written()

@@ -432,6 +432,7 @@ impl Why502 {
         };
         ctx.summary.server_name = server.names.first().cloned().unwrap_or_default();
         session.limit_requests(server.keepalive_requests);
+        session.set_idle_timeout(server.keepalive_timeout);
         rt.access.enter_server(ctx, si);
         ctx.summary.errlog = rt.server_errlogs.get(si).cloned().flatten();
 

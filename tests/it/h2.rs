@@ -228,3 +228,79 @@ fn keepalive_requests_closes_http1_and_h2c_connections() {
         "h2load:\n{text}"
     );
 }
+
+/// `keepalive_timeout` (nginx's, default 75 s): a connection idle that long
+/// after its last request is closed, on a port the own server serves and on
+/// one Pingora serves (a server there proxies to an HTTP backend);
+/// `keepalive_requests` holds on both. `keepalive_timeout 0` closes the
+/// connection after each response.
+#[test]
+fn keepalive_timeout_closes_idle_connections() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let get = |s: &mut std::net::TcpStream, what: &str| {
+        s.write_all(b"GET /r HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("write");
+        let r = support::read_response(s, false, Instant::now() + Duration::from_secs(10));
+        assert_eq!(r.status, 200, "{what}: {r:?}");
+        r.header("Connection").unwrap_or("").to_string()
+    };
+    // Reads until the server closes; how long that took.
+    let closed_after = |s: &mut std::net::TcpStream, what: &str| {
+        // `read_response` leaves its own read timeout.
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        let n = s
+            .read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("{what}: not closed after {:?}: {e}", t.elapsed()));
+        assert_eq!(n, 0, "{what}: {}", String::from_utf8_lossy(&rest));
+        t.elapsed()
+    };
+    for pingora in [false, true] {
+        let what = if pingora {
+            "Pingora's port"
+        } else {
+            "own port"
+        };
+        let backend = if pingora {
+            "      - prefix: /b\n        proxy: { pass: \"http://127.0.0.1:9\" }\n"
+        } else {
+            ""
+        };
+        let dir = support::temp_dir();
+        let yaml = format!(
+            "servers:\n  - listen: [\"{{listen}}\"]\n    keepalive_timeout: 1s\n    keepalive_requests: 3\n    locations:\n      - exact: /r\n        return: {{ code: 200, text: \"hi\\n\" }}\n{backend}"
+        );
+        let p = Proxy::yaml(dir.path(), &yaml);
+        let connect = || {
+            let s = std::net::TcpStream::connect(&p.addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s
+        };
+        let mut s = connect();
+        assert_eq!(get(&mut s, what), "keep-alive", "{what}");
+        let idle = closed_after(&mut s, what);
+        assert!(
+            idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+            "{what}: closed after {idle:?} idle, keepalive_timeout 1s"
+        );
+        let mut s = connect();
+        let connection: Vec<String> = (0..3).map(|_| get(&mut s, what)).collect();
+        assert_eq!(connection, ["keep-alive", "keep-alive", "close"], "{what}");
+        assert!(
+            closed_after(&mut s, what) < Duration::from_millis(900),
+            "{what}"
+        );
+    }
+    let dir = support::temp_dir();
+    let yaml = "servers:\n  - listen: [\"{listen}\"]\n    keepalive_timeout: 0s\n    locations:\n      - exact: /r\n        return: { code: 200, text: \"hi\\n\" }\n";
+    let p = Proxy::yaml(dir.path(), yaml);
+    let mut s = std::net::TcpStream::connect(&p.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    assert_eq!(get(&mut s, "keepalive_timeout 0"), "close");
+    closed_after(&mut s, "keepalive_timeout 0");
+}
