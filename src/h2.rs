@@ -15,12 +15,12 @@
 //! What it does like nginx: up to 128 concurrent streams
 //! (`http2_max_concurrent_streams`), a 32 KiB limit on a request's header
 //! list (as the HTTP/1 server), `keepalive_timeout` (the last stream's
-//! server's, 75 s by default) on a connection without streams, `keepalive_requests` (GOAWAY after the stream that
-//! reaches it), `send_timeout`
-//! 60 s while waiting for flow-control window, GOAWAY on shutdown. A
-//! response that fails after its header, or is shorter than its
-//! Content-Length, is reset (RST_STREAM INTERNAL_ERROR), so the client can
-//! tell it is incomplete.
+//! server's, 75 s by default) on a connection without streams,
+//! `keepalive_requests` (GOAWAY after the stream that reaches it),
+//! `send_timeout` 60 s while waiting for flow-control window, GOAWAY on
+//! shutdown. A response that fails after its header, or is shorter than
+//! its Content-Length, is reset (RST_STREAM INTERNAL_ERROR), so the client
+//! can tell it is incomplete.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

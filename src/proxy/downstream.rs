@@ -88,7 +88,7 @@ pub trait Downstream: Send {
     /// nginx `keepalive_requests` of the request's server: when this
     /// request is the connection's `max`th (or later), the connection is
     /// closed after it (HTTP/2: GOAWAY). A no-op where the server does not
-    /// count (Pingora's listeners).
+    /// count (HTTP/2 on Pingora's listeners).
     fn limit_requests(&mut self, _max: u64) {}
     /// nginx `keepalive_timeout` of the request's server: how long the
     /// connection waits for its next request after this one (HTTP/2: stays
