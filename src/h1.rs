@@ -39,8 +39,6 @@ use crate::proxy::downstream::Downstream;
 
 /// nginx `client_header_timeout`.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// nginx `keepalive_timeout`.
-pub(crate) const KEEPALIVE_TIMEOUT: Duration = crate::config::KEEPALIVE_TIMEOUT;
 /// nginx `send_timeout`.
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx `lingering_time`: the longest a closing connection reads (and
@@ -199,7 +197,7 @@ impl H1Session {
             idle: None,
             upstream_timer: None,
             head_lines: Vec::new(),
-            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            keepalive_timeout: crate::config::KEEPALIVE_TIMEOUT,
         })
     }
 

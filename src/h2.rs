@@ -36,7 +36,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::h1::{App, HEADER_TIMEOUT, KEEPALIVE_TIMEOUT, SEND_TIMEOUT};
+use crate::config::KEEPALIVE_TIMEOUT;
+use crate::h1::{App, HEADER_TIMEOUT, SEND_TIMEOUT};
 use crate::proxy::downstream::Downstream;
 
 /// The client connection preface (RFC 9113, 3.4).

@@ -508,7 +508,7 @@ fn with_last_page<R>(
                 let status = f.status();
                 let code = f.cause.info().code;
                 let proxy_status = proxy_status(f, &req.next_hop, trusted);
-                let valid = http::HeaderValue::try_from(proxy_status.as_str()).is_ok();
+                let proxy_status_value = http::HeaderValue::try_from(proxy_status.as_str()).ok();
                 last.insert(LastPage {
                     cause: f.cause,
                     upstream_status: f.upstream_status,
@@ -519,12 +519,12 @@ fn with_last_page<R>(
                     next_hop: req.next_hop.clone(),
                     head: page_head(status, reason_phrase(status), code, f, req, trusted),
                     cause_line: format!("{}: {code}\r\n", crate::config::CAUSE_HEADER),
-                    proxy_status_line: if valid {
+                    proxy_status_line: if proxy_status_value.is_some() {
                         format!("Proxy-Status: {proxy_status}\r\n")
                     } else {
                         String::new()
                     },
-                    proxy_status: http::HeaderValue::try_from(proxy_status).ok(),
+                    proxy_status: proxy_status_value,
                 })
             }
         };
@@ -586,10 +586,9 @@ code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.
 }
 
 /// Renders the headers and error page for a failure answered by why502.
-/// Renders the response for failure `f`. `lines`: for a session that
-/// writes header lines itself ([`Downstream::head_lines`]), the diagnosis
-/// headers are written there under their default names, and
-/// [`Rendered::headers`] is `None`.
+/// `lines`: for a session that writes header lines itself
+/// ([`Downstream::head_lines`]), the diagnosis headers are written there
+/// under their default names, and [`Rendered::headers`] is `None`.
 ///
 /// [`Downstream::head_lines`]: crate::proxy::downstream::Downstream::head_lines
 pub fn render(
@@ -611,6 +610,9 @@ pub fn render(
             body: status_page(status, ""),
         };
     }
+    // why502's request ids are alphanumeric; anything else is escaped in
+    // the page and checked as a header value.
+    let plain_id = req.request_id.bytes().all(|b| b.is_ascii_alphanumeric());
     // Values made without a copy where they can be: the cause code is
     // static, Proxy-Status and the header lines are kept with the last
     // page.
@@ -618,7 +620,7 @@ pub fn render(
         Some(out) => {
             out.reserve(p.cause_line.len() + p.proxy_status_line.len() + 64);
             out.extend_from_slice(p.cause_line.as_bytes());
-            if req.request_id.bytes().all(|b| b >= b' ' && b != 127) {
+            if plain_id || http::HeaderValue::from_str(&req.request_id).is_ok() {
                 for part in [
                     crate::config::REQUEST_ID_HEADER,
                     ": ",
@@ -672,7 +674,7 @@ pub fn render(
     // Of its exact size: a `Bytes` made from a vector with room to spare
     // allocates its own header.
     const TAIL: &str = "</code> &middot; why502</p>\n</body></html>\n";
-    let id = if req.request_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    let id = if plain_id {
         std::borrow::Cow::Borrowed(req.request_id.as_str())
     } else {
         std::borrow::Cow::Owned(html_escape(&req.request_id))

@@ -181,13 +181,19 @@ pub fn run(config: Config) -> Result<(), String> {
             ),
         }
     }
-    // HTTP/2 over TLS: one idle timeout for the port, the longest
-    // `keepalive_timeout` of the servers (HTTP/1: each server's own).
+    // HTTP/2 on Pingora's ports: one idle timeout for all of them (the
+    // service's), the longest `keepalive_timeout` of the servers there
+    // (HTTP/1: each server's own).
     let h2_idle = app
         .rt
         .config
         .servers
         .iter()
+        .filter(|s| {
+            s.listen
+                .iter()
+                .any(|o| pingora.iter().any(|l| l.addr.port() == o.addr.port()))
+        })
         .map(|s| s.keepalive_timeout)
         .max()
         .filter(|t| !t.is_zero());
