@@ -616,6 +616,25 @@ impl Downstream for H1Session {
     ) -> impl Future<Output = Result<()>> + Send {
         self.write_body(data, end)
     }
+    async fn write_response_body_last(&mut self, parts: [Bytes; 2]) -> Result<()> {
+        let [a, b] = parts;
+        let n = a.len() + b.len();
+        match self.body_out {
+            // The whole announced body: out with the header, neither piece
+            // joined to the other first.
+            BodyOut::Length(left) if left == n as u64 && n > 0 => {
+                self.body_out = BodyOut::Finished;
+                self.body_sent += n;
+                self.flush_with(&a, &b).await
+            }
+            _ => {
+                if !a.is_empty() {
+                    self.write_body(Some(a), false).await?;
+                }
+                self.write_body(Some(b), true).await
+            }
+        }
+    }
     fn set_keepalive(&mut self, secs: Option<u64>) {
         if secs.is_none() {
             self.keepalive = false;

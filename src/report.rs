@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::cause::{Cause, Phase};
 use crate::config::{Diagnostics, LogLevel};
 
@@ -424,7 +426,24 @@ pub struct Rendered {
     /// Made at compile time: `HeaderValue::from_static` checks its bytes
     /// when called at run time.
     pub content_type: http::HeaderValue,
-    pub body: String,
+    /// The body in two pieces, one after the other: for a page, the part
+    /// that is the same for the same failure (shared with the page kept
+    /// per thread, not copied), and the request id's part.
+    pub body: [Bytes; 2],
+}
+
+impl Rendered {
+    pub fn body_len(&self) -> usize {
+        self.body[0].len() + self.body[1].len()
+    }
+
+    /// The whole body as text.
+    pub fn text(&self) -> String {
+        self.body
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect()
+    }
 }
 
 pub fn is_trusted(diag: &Diagnostics, client: Option<IpAddr>) -> bool {
@@ -472,7 +491,7 @@ struct LastPage {
     extra_hint: Option<String>,
     stderr: String,
     next_hop: String,
-    head: String,
+    head: Bytes,
     proxy_status: Option<http::HeaderValue>,
     /// The diagnosis header lines around the request id's, for a session
     /// that writes header lines itself: `Why502-Cause: …\r\n`, and
@@ -517,7 +536,14 @@ fn with_last_page<R>(
                     extra_hint: f.extra_hint.clone(),
                     stderr: req.stderr_excerpt.clone(),
                     next_hop: req.next_hop.clone(),
-                    head: page_head(status, reason_phrase(status), code, f, req, trusted),
+                    head: Bytes::from(page_head(
+                        status,
+                        reason_phrase(status),
+                        code,
+                        f,
+                        req,
+                        trusted,
+                    )),
                     cause_line: format!("{}: {code}\r\n", crate::config::CAUSE_HEADER),
                     proxy_status_line: if proxy_status_value.is_some() {
                         format!("Proxy-Status: {proxy_status}\r\n")
@@ -607,7 +633,7 @@ pub fn render(
             status,
             headers: None,
             content_type: const { http::HeaderValue::from_static("text/html") },
-            body: status_page(status, ""),
+            body: [Bytes::from(status_page(status, "")), Bytes::new()],
         };
     }
     // why502's request ids are alphanumeric; anything else is escaped in
@@ -665,33 +691,30 @@ pub fn render(
             status,
             headers,
             content_type: const { http::HeaderValue::from_static("application/json") },
-            body,
+            body: [Bytes::from(body), Bytes::new()],
         };
     }
     // The page up to the request id is the same for the same failure: a
     // failing upstream fails the same way many times a second, so the last
-    // one is kept per thread and only the request id is written anew.
-    // Of its exact size: a `Bytes` made from a vector with room to spare
-    // allocates its own header.
+    // one is kept per thread, shared with the response rather than copied,
+    // and only the request id's part is written anew. That part is of its
+    // exact size: a `Bytes` made from a vector with room to spare
+    // allocates a header of its own.
     const TAIL: &str = "</code> &middot; why502</p>\n</body></html>\n";
     let id = if plain_id {
         std::borrow::Cow::Borrowed(req.request_id.as_str())
     } else {
         std::borrow::Cow::Owned(html_escape(&req.request_id))
     };
-    let mut body = String::new();
-    let headers = with_last_page(f, req, trusted, |p| {
-        body.reserve_exact(p.head.len() + id.len() + TAIL.len());
-        body.push_str(&p.head);
-        headers(p)
-    });
-    body.push_str(&id);
-    body.push_str(TAIL);
+    let (head, headers) = with_last_page(f, req, trusted, |p| (p.head.clone(), headers(p)));
+    let mut tail = String::with_capacity(id.len() + TAIL.len());
+    tail.push_str(&id);
+    tail.push_str(TAIL);
     Rendered {
         status,
         headers,
         content_type: const { http::HeaderValue::from_static("text/html; charset=utf-8") },
-        body,
+        body: [head, Bytes::from(tail)],
     }
 }
 
@@ -801,16 +824,16 @@ mod tests {
         let mut r = req();
         r.client = "203.0.113.9".parse().ok();
         let out = render(&d, &f, &r, false, None);
-        assert!(!out.body.contains("secret"));
-        assert!(out.body.contains("connect.socket_missing"));
+        assert!(!out.text().contains("secret"));
+        assert!(out.text().contains("connect.socket_missing"));
         let ps = &proxy_status_of(&out);
         assert!(
             !ps.contains("secret") && ps.contains("error=destination_not_found"),
             "{ps}"
         );
         let out = render(&d, &f, &req(), true, None);
-        assert!(out.body.contains("secret"));
-        let v: serde_json::Value = serde_json::from_str(&out.body).expect("json");
+        assert!(out.text().contains("secret"));
+        let v: serde_json::Value = serde_json::from_str(&out.text()).expect("json");
         assert_eq!(v["cause"], "connect.socket_missing");
     }
 
@@ -822,24 +845,26 @@ mod tests {
         let a = render(&d, &f, &r, false, None);
         r.request_id = "def".into();
         let b = render(&d, &f, &r, false, None);
-        assert_eq!(a.body.replace(">abc<", ">def<"), b.body);
-        assert!(b.body.contains("<code id=\"request-id\">def</code>"));
+        assert_eq!(a.text().replace(">abc<", ">def<"), b.text());
+        assert!(b.text().contains("<code id=\"request-id\">def</code>"));
         assert_eq!(proxy_status_of(&a), proxy_status_of(&b));
         // Anything the page shows makes it a new page.
         let g = Failure::new(Cause::ConnectSocketMissing, "m", "second");
         let c = render(&d, &g, &r, false, None);
-        assert!(c.body.contains("second") && !c.body.contains("first"));
+        assert!(c.text().contains("second") && !c.text().contains("first"));
         assert!(proxy_status_of(&c).contains("second"));
         r.client = "203.0.113.9".parse().ok();
         let untrusted = render(&d, &g, &r, false, None);
-        assert!(!untrusted.body.contains("second"));
+        assert!(!untrusted.text().contains("second"));
         r.client = "127.0.0.1".parse().ok();
         r.stderr_excerpt = "PHP Fatal error".into();
         assert!(render(&d, &g, &r, false, None)
-            .body
+            .text()
             .contains("PHP Fatal error"));
         r.request_id = "<x>".into();
-        assert!(render(&d, &g, &r, false, None).body.contains(">&lt;x&gt;<"));
+        assert!(render(&d, &g, &r, false, None)
+            .text()
+            .contains(">&lt;x&gt;<"));
     }
 
     #[test]

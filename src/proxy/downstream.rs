@@ -53,6 +53,26 @@ pub trait Downstream: Send {
         data: Option<Bytes>,
         end: bool,
     ) -> impl Future<Output = pingora_core::Result<()>> + Send;
+    /// Ends the response with the body in two pieces, sent one after the
+    /// other. By default they are joined and written as one; the own
+    /// HTTP/1 server writes them after the header without joining them
+    /// (a failure page is a kept part and the request id's).
+    fn write_response_body_last(
+        &mut self,
+        parts: [Bytes; 2],
+    ) -> impl Future<Output = pingora_core::Result<()>> + Send {
+        let data = match parts {
+            [a, b] if b.is_empty() => a,
+            [a, b] if a.is_empty() => b,
+            [a, b] => {
+                let mut joined = bytes::BytesMut::with_capacity(a.len() + b.len());
+                joined.extend_from_slice(&a);
+                joined.extend_from_slice(&b);
+                joined.freeze()
+            }
+        };
+        self.write_response_body((!data.is_empty()).then_some(data), true)
+    }
     /// `None`: close the connection after this response.
     fn set_keepalive(&mut self, secs: Option<u64>);
     /// The response header, once written.

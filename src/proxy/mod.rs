@@ -906,8 +906,9 @@ impl Why502 {
         // Room for the diagnosis headers and the three the server adds
         // (Server, Date, Connection): a map that grows rehashes.
         let mut m = http::HeaderMap::with_capacity(16);
+        let len = r.body_len();
         m.insert(hn::CONTENT_TYPE, r.content_type);
-        m.insert(hn::CONTENT_LENGTH, HeaderValue::from(r.body.len()));
+        m.insert(hn::CONTENT_LENGTH, HeaderValue::from(len));
         m.insert(
             hn::CACHE_CONTROL,
             const { HeaderValue::from_static("no-store") },
@@ -943,7 +944,7 @@ impl Why502 {
             }
         }
         self.decorate_response(ctx, &mut h);
-        self.write_simple(session, h, Bytes::from(r.body)).await
+        self.write_page(session, h, r.body).await
     }
 
     /// Whether a response header for this request may be built without a
@@ -1086,8 +1087,19 @@ impl Why502 {
     pub async fn write_simple<S: Downstream>(
         &self,
         session: &mut S,
-        mut h: ResponseHeader,
+        h: ResponseHeader,
         body: Bytes,
+    ) -> Result<(), Abort> {
+        self.write_page(session, h, [body, Bytes::new()]).await
+    }
+
+    /// [`Why502::write_simple`] with the body in two pieces, written one
+    /// after the other ([`Downstream::write_response_body_last`]).
+    pub async fn write_page<S: Downstream>(
+        &self,
+        session: &mut S,
+        mut h: ResponseHeader,
+        body: [Bytes; 2],
     ) -> Result<(), Abort> {
         // A header built with why502's `Server` alone is left as it is:
         // `set_header` moves the header out and back (400 instructions).
@@ -1107,13 +1119,9 @@ impl Why502 {
             .write_response_header(Box::new(h), false)
             .await
             .map_err(|_| Abort)?;
-        let data = if head_only || body.is_empty() {
-            None
-        } else {
-            Some(body)
-        };
+        let body = if head_only { Default::default() } else { body };
         session
-            .write_response_body(data, true)
+            .write_response_body_last(body)
             .await
             .map_err(|_| Abort)
     }
