@@ -73,10 +73,15 @@ pub fn encode_pair(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     let name = &name[..name.len().min(MAX_PAIR_LEN)];
     let value = &value[..value.len().min(MAX_PAIR_LEN)];
     dst.reserve(pair_len(name, value));
-    put_length(dst, name.len());
-    put_length(dst, value.len());
-    dst.put_slice(name);
-    dst.put_slice(value);
+    if name.len() < 128 && value.len() < 128 {
+        // Nearly every pair: both lengths in one two-byte write.
+        dst.extend_from_slice(&[name.len() as u8, value.len() as u8]);
+    } else {
+        put_length(dst, name.len());
+        put_length(dst, value.len());
+    }
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(value);
 }
 
 fn read_length(src: &[u8], pos: &mut usize) -> Result<usize, ParamsError> {

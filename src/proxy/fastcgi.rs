@@ -57,14 +57,22 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
     let mut name = Vec::with_capacity(64);
     let mut joined = Vec::new();
     // Only configured `HTTP_*` params can suppress a header (usually none).
-    let configured: Vec<&[u8]> = fc
-        .params
-        .iter()
-        .map(|p| p.name.as_bytes())
-        .filter(|n| n.starts_with(b"HTTP_"))
-        .collect();
-    for key in req.headers.keys() {
+    let any_configured = fc.params.iter().any(|p| p.name.starts_with("HTTP_"));
+    // A name's values come one after the other: joined, as nginx does.
+    let mut headers = req.headers.iter().peekable();
+    while let Some((key, first)) = headers.next() {
         let k = key.as_str();
+        let mut value = first.as_bytes();
+        if headers.peek().is_some_and(|(next, _)| *next == key) {
+            let sep: &[u8] = if k == "cookie" { b"; " } else { b", " };
+            joined.clear();
+            joined.extend_from_slice(value);
+            while let Some((_, v)) = headers.next_if(|(next, _)| *next == key) {
+                joined.extend_from_slice(sep);
+                joined.extend_from_slice(v.as_bytes());
+            }
+            value = &joined;
+        }
         // underscores_in_headers off: names outside [A-Za-z0-9-] are dropped.
         if !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             continue;
@@ -83,24 +91,10 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
             continue;
         }
         // A configured param of the same name suppresses the header.
-        if configured.contains(&&name[..]) {
+        if any_configured && fc.params.iter().any(|p| p.name.as_bytes() == &name[..]) {
             continue;
         }
-        let mut values = req.headers.get_all(key).iter();
-        let Some(first) = values.next() else { continue };
-        match values.next() {
-            None => encode_pair(&mut p, &name, first.as_bytes()),
-            Some(second) => {
-                let sep: &[u8] = if k == "cookie" { b"; " } else { b", " };
-                joined.clear();
-                joined.extend_from_slice(first.as_bytes());
-                for v in std::iter::once(second).chain(values) {
-                    joined.extend_from_slice(sep);
-                    joined.extend_from_slice(v.as_bytes());
-                }
-                encode_pair(&mut p, &name, &joined);
-            }
-        }
+        encode_pair(&mut p, &name, value);
     }
     p
 }
@@ -1165,4 +1159,76 @@ pub async fn read_whole_body<S: Downstream>(
         parts.push(b);
     }
     Ok((parts, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Addr, Param, Upstream};
+    use crate::fastcgi::decode_pairs;
+
+    struct NoVars;
+    impl Vars for NoVars {
+        fn var(&self, _: &crate::config::template::Var) -> std::borrow::Cow<'_, str> {
+            "".into()
+        }
+    }
+
+    /// The request headers' params, in order.
+    fn header_params(fc: &FastCgi, head: &str) -> Vec<(String, String)> {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        for line in head.lines() {
+            let (n, v) = line.split_once(": ").expect("header line");
+            req.append_header(n.to_string(), v).expect("header");
+        }
+        let p = build_params(fc, &NoVars, &req);
+        decode_pairs(&p)
+            .expect("well-formed params")
+            .into_iter()
+            .map(|(n, v)| {
+                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (s(n), s(v))
+            })
+            .filter(|(n, _)| n.starts_with("HTTP_"))
+            .collect()
+    }
+
+    #[test]
+    fn request_headers_become_params_like_nginx() {
+        let mut fc = FastCgi::new(std::sync::Arc::new(Upstream::single(Addr::Tcp(
+            "x:9000".into(),
+        ))));
+        let got = header_params(
+            &fc,
+            "Host: h\nX-Multi: a\nCookie: a=1\nUser-Agent: u\nX-Multi: b\nCookie: b=2\n\
+             X-Multi: c\nProxy: evil\nX_Under: no\nAccept: */*",
+        );
+        let want = [
+            ("HTTP_HOST", "h"),
+            ("HTTP_X_MULTI", "a, b, c"),
+            ("HTTP_COOKIE", "a=1; b=2"),
+            ("HTTP_USER_AGENT", "u"),
+            ("HTTP_ACCEPT", "*/*"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        // A configured param of the same name suppresses the header; the
+        // configured one is sent in its place.
+        fc.params.push(Param {
+            name: "HTTP_HOST".into(),
+            value: crate::config::template::Template::literal("configured"),
+            if_not_empty: false,
+        });
+        let got = header_params(&fc, "Host: h\nAccept: a\nAccept: b");
+        assert_eq!(
+            got,
+            [
+                ("HTTP_HOST".to_string(), "configured".to_string()),
+                ("HTTP_ACCEPT".to_string(), "a, b".to_string()),
+            ]
+        );
+    }
 }
