@@ -314,10 +314,21 @@ struct Exchange<'a> {
     pending: Vec<Bytes>,
     /// The response header, decided but not yet written: it goes out with
     /// the body data of the same upstream read (see [`Exchange::flush_head`]).
-    head: Option<Box<ResponseHeader>>,
+    head: Option<PendingHead>,
     /// The response needs framing chosen at flush time (no Content-Length
     /// from the app, a body allowed, HTTP/1.x).
     needs_framing: bool,
+}
+
+/// A response header decided but not yet written.
+enum PendingHead {
+    /// Built, with a case map or with changes made after it was built
+    /// (a reason phrase, diagnosis, `add_header`).
+    Built(Box<ResponseHeader>),
+    /// Still a map (the usual PHP response): the framing header is put in
+    /// it before the header is built. Set on a built header without a case
+    /// map, it moves the whole header out and back (460 instructions).
+    Map(http::StatusCode, http::HeaderMap),
 }
 
 fn send_failure(e: &std::io::Error) -> Failure {
@@ -874,14 +885,29 @@ impl Exchange<'_> {
                 }
             }
         }
+        let reason = head.reason.as_deref().filter(|r| !r.is_empty());
+        let diagnosed = self.diag.is_some() && diag.enabled;
+        let bodyless = matches!(head.status, 100..=199 | 204 | 304);
+        self.needs_framing =
+            self.declared_len.is_none() && !self.head_only && !bodyless && !session.is_http2();
         let mut h = match cased {
             Some(h) => h,
             None => {
                 let _ = map.try_insert(http::header::SERVER, HeaderValue::from_static("why502"));
+                if reason.is_none()
+                    && !diagnosed
+                    && ctx.expires.is_none()
+                    && ctx.add_headers.is_empty()
+                {
+                    ctx.summary.status = status;
+                    self.head = Some(PendingHead::Map(code, map));
+                    self.head_sent = true;
+                    return None;
+                }
                 downstream::response_header(true, code, map)
             }
         };
-        if let Some(r) = head.reason.as_deref().filter(|r| !r.is_empty()) {
+        if let Some(r) = reason {
             let _ = h.set_reason_phrase(Some(r));
         }
         if let (Some(d), true) = (&self.diag, diag.enabled) {
@@ -898,15 +924,12 @@ impl Exchange<'_> {
                 report::proxy_status(&f, &ctx.summary.next_hop, trusted),
             );
         }
-        let bodyless = matches!(head.status, 100..=199 | 204 | 304);
-        self.needs_framing =
-            self.declared_len.is_none() && !self.head_only && !bodyless && !session.is_http2();
         if h.has_case() {
             let _ = h.insert_header(http::header::SERVER, "why502");
         }
         self.p.decorate_response(ctx, &mut h);
         ctx.summary.status = status;
-        self.head = Some(Box::new(h));
+        self.head = Some(PendingHead::Built(Box::new(h)));
         self.head_sent = true;
         None
     }
@@ -922,21 +945,35 @@ impl Exchange<'_> {
         ctx: &mut ReqCtx,
         complete: bool,
     ) -> Option<Attempt> {
-        let mut h = self.head.take()?;
+        let head = self.head.take()?;
+        let mut framing = None;
         if self.needs_framing {
             if complete {
                 let len: usize = self.pending.iter().map(Bytes::len).sum();
-                downstream::set_header(&mut h, http::header::CONTENT_LENGTH, len.into());
+                framing = Some((http::header::CONTENT_LENGTH, len.into()));
             } else if session.req_header().version == http::Version::HTTP_11 {
-                downstream::set_header(
-                    &mut h,
+                framing = Some((
                     http::header::TRANSFER_ENCODING,
                     HeaderValue::from_static("chunked"),
-                );
+                ));
             } else {
                 session.set_keepalive(None);
             }
         }
+        let h = match head {
+            PendingHead::Built(mut h) => {
+                if let Some((name, value)) = framing {
+                    downstream::set_header(&mut h, name, value);
+                }
+                h
+            }
+            PendingHead::Map(code, mut map) => {
+                if let Some((name, value)) = framing {
+                    map.insert(name, value);
+                }
+                Box::new(downstream::response_header(true, code, map))
+            }
+        };
         if session.write_response_header(h, false).await.is_err() {
             return Some(self.client_gone(ctx));
         }
