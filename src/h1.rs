@@ -43,9 +43,9 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx `lingering_time`: the longest a closing connection reads (and
 /// drops) what the client still sends.
-const LINGERING_TIME: Duration = Duration::from_secs(30);
+pub(crate) const LINGERING_TIME: Duration = Duration::from_secs(30);
 /// nginx `lingering_timeout`: the longest wait for more of it.
-const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest request line (nginx: `large_client_header_buffers 4 8k`).
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// The largest request header.

@@ -195,7 +195,11 @@ impl ProxyHttp for Why502 {
         self.init_ctx(session, ctx);
         match self.handle(session, ctx).await {
             // An HTTP upstream location: Pingora proxies it.
-            Ok(()) => Ok(ctx.http.is_none()),
+            Ok(()) if ctx.http.is_some() => Ok(false),
+            Ok(()) => {
+                linger(session).await;
+                Ok(true)
+            }
             Err(Abort) => {
                 ctx.aborted = true;
                 Err(Error::explain(
@@ -1151,6 +1155,24 @@ pub fn location_root(server: &Server, loc: &crate::config::Location) -> PathBuf 
 
 #[allow(dead_code)]
 fn _assert_send(_: &FastCgi) {}
+
+/// nginx's `lingering_close` on Pingora's HTTP/1 listeners (the own server
+/// has its own, `h1::linger`): a response written before the request body
+/// was read is followed by reading and dropping the rest of the body, for
+/// at most `lingering_time` and `lingering_timeout` without data. Closing
+/// with unread data makes the kernel send a reset, which reaches a client
+/// in mid-upload as "connection reset" and discards the response (a 413, a
+/// 502) it has not read yet. The response is flushed before the body is
+/// read, so a client that waits for it (`Expect: 100-continue`) has it.
+async fn linger(session: &mut Session) {
+    if Downstream::is_http2(session) || Downstream::is_body_done(session) {
+        return;
+    }
+    let ds = session.as_downstream_mut();
+    ds.set_read_timeout(Some(crate::h1::LINGERING_TIMEOUT));
+    ds.set_total_drain_timeout(Some(crate::h1::LINGERING_TIME));
+    let _ = ds.drain_request_body().await;
+}
 
 #[cfg(test)]
 mod request_id_tests {

@@ -328,9 +328,20 @@ fn send_upload(s: &mut TcpStream, path: &str, len: usize) -> Option<std::io::Err
 /// with unread data sends a reset, which also discards an unread response.)
 #[test]
 fn early_answers_to_an_upload_linger_instead_of_resetting() {
+    early_answers_linger(&[]);
+}
+
+/// The same on a listener that Pingora serves (TLS listeners and those
+/// with HTTP backends; `WHY502_SERVER=pingora` puts every listener there).
+#[test]
+fn early_answers_to_an_upload_linger_on_pingora_listeners() {
+    early_answers_linger(&["env", "WHY502_SERVER=pingora"]);
+}
+
+fn early_answers_linger(wrapper: &[&str]) {
     let dir = support::temp_dir();
     let dead = format!("unix:{}", dir.path().join("gone.sock").display());
-    let p = Proxy::flags(dir.path(), &["--fastcgi", &dead, "--root", &www()]);
+    let p = Proxy::flags_wrapped(dir.path(), wrapper, &["--fastcgi", &dead, "--root", &www()]);
     // 20 MB against the default 1 MiB limit: 413.
     let mut s = connect(&p.addr);
     let e = send_upload(&mut s, "/echo.php", 20 << 20);
