@@ -438,7 +438,8 @@ impl Rendered {
     }
 
     /// The whole body as text.
-    pub fn text(&self) -> String {
+    #[cfg(test)]
+    fn text(&self) -> String {
         self.body
             .iter()
             .map(|b| String::from_utf8_lossy(b))

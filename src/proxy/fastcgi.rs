@@ -894,11 +894,7 @@ impl Exchange<'_> {
             Some(h) => h,
             None => {
                 let _ = map.try_insert(http::header::SERVER, HeaderValue::from_static("why502"));
-                if reason.is_none()
-                    && !diagnosed
-                    && ctx.expires.is_none()
-                    && ctx.add_headers.is_empty()
-                {
+                if reason.is_none() && !diagnosed && !self.p.decorates(ctx) {
                     ctx.summary.status = status;
                     self.head = Some(PendingHead::Map(code, map));
                     self.head_sent = true;

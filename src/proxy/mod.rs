@@ -1071,8 +1071,14 @@ impl Why502 {
         self.write_simple(session, h, Bytes::from(body)).await
     }
 
+    /// Whether [`Why502::decorate_response`] may add anything.
+    pub fn decorates(&self, ctx: &ReqCtx) -> bool {
+        ctx.expires.is_some() || !ctx.add_headers.is_empty()
+    }
+
     /// Adds the location's `add_header` and `expires` headers to a response
     /// why502 makes (nginx: only to 2xx/3xx statuses unless `always`).
+    /// Nothing is added when [`Why502::decorates`] is false.
     pub fn decorate_response(&self, ctx: &ReqCtx, h: &mut ResponseHeader) {
         let status = h.status.as_u16();
         let ok = route::status_gets_headers(status);
@@ -1088,6 +1094,7 @@ impl Why502 {
             }
         }
     }
+
     pub async fn write_simple<S: Downstream>(
         &self,
         session: &mut S,
