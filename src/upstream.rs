@@ -36,7 +36,26 @@ impl Conn {
 
     /// True if the idle connection is still open and has no unread data
     /// (a peer that closed an idle keep-alive connection shows EOF here).
-    pub fn is_idle_alive(&self) -> bool {
+    ///
+    /// The reactor is asked first, without a system call: a connection it
+    /// has seen nothing on since its last read had no data and no EOF
+    /// when this thread last polled, and is taken as alive unless `sure`.
+    /// Otherwise, or if it has seen something, the kernel is asked (a
+    /// `recv` peek, which costs an EAGAIN on a live connection). A close
+    /// the reactor has not seen yet then shows on the first read, and a
+    /// request that has not sent its body is retried on a fresh connection
+    /// (`Attempt::StaleReused`): `sure` is for requests with a body, whose
+    /// body may be gone by then. nginx does not ask the kernel either (its
+    /// idle connections are closed from epoll events) and buffers bodies.
+    pub fn is_idle_alive(&self, sure: bool) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let seen = match self {
+            Conn::Unix(s) => s.poll_read_ready(&mut cx).is_ready(),
+            Conn::Tcp(s) => s.poll_read_ready(&mut cx).is_ready(),
+        };
+        if !seen && !sure {
+            return true;
+        }
         fd_idle_alive(self.raw_fd())
     }
 }
@@ -522,13 +541,14 @@ impl UpstreamState {
         }
     }
 
-    /// Takes a live idle connection to server `i`, if any.
-    pub fn take_idle(&self, i: usize) -> Option<Conn> {
+    /// Takes a live idle connection to server `i`, if any (`sure`: see
+    /// [`Conn::is_idle_alive`]).
+    pub fn take_idle(&self, i: usize, sure: bool) -> Option<Conn> {
         let slots = self.idle.get(i)?;
         let pool = slots.get(pool_slot(slots.len()))?;
         loop {
             let (c, since) = pool.lock().ok()?.pop()?;
-            if since.elapsed() < self.config.keepalive_timeout && c.is_idle_alive() {
+            if since.elapsed() < self.config.keepalive_timeout && c.is_idle_alive(sure) {
                 return Some(c);
             }
         }

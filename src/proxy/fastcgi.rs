@@ -186,7 +186,7 @@ pub async fn serve<S: Downstream>(
             let t0 = Instant::now();
             let mut reused = false;
             let mut conn = match (fc.keep_conn && !force_fresh)
-                .then(|| up.take_idle(i))
+                .then(|| up.take_idle(i, has_body && buffered.is_none()))
                 .flatten()
             {
                 Some(c) => {
@@ -299,6 +299,8 @@ struct Exchange<'a> {
     /// The connection's timer for the response waits, if it keeps one.
     timer: &'a mut Option<UpstreamTimer>,
     reused: bool,
+    /// Body read from the client and sent: a retry could not send it
+    /// again (a body read whole first can be).
     body_consumed: bool,
     diag: Option<StderrDiagnosis>,
     stderr: String,
@@ -576,7 +578,7 @@ impl Exchange<'_> {
                     break;
                 };
                 next_buffered += 1;
-                self.body_consumed = true;
+                // Kept: it can be sent again (not `body_consumed`).
                 if let Some(a) = self.send_stdin(ctx, chunk, &mut out).await {
                     return Some(a);
                 }
@@ -1139,6 +1141,11 @@ impl Exchange<'_> {
 /// The most of a chunked request body [`read_whole_body`] keeps in memory
 /// when `client_max_body_size` is 0 (unlimited).
 pub const CHUNKED_BODY_MAX: u64 = 64 << 20;
+
+/// The largest body (by its Content-Length) read whole before it is sent
+/// to a kept connection, so that the request can be sent again if that
+/// connection turns out closed. Larger bodies stream.
+pub const KEPT_CONN_BODY_MAX: u64 = 64 << 10;
 
 /// The next piece of the request body, within `timeout`, counted into
 /// `total` and checked against `limit` (0: none).

@@ -661,13 +661,19 @@ impl Why502 {
                 }
                 if let Some(fc) = &loc.fastcgi {
                     // A chunked body is read whole first, like nginx: PHP
-                    // needs CONTENT_LENGTH.
-                    let buffered = if !session.is_body_done()
-                        && session
+                    // needs CONTENT_LENGTH. So is a small body sent to a
+                    // kept connection: if PHP closed that connection just
+                    // before (a worker at pm.max_requests), the request is
+                    // sent again on a fresh one, body and all (nginx reads
+                    // every body before it connects).
+                    let small = fc.keep_conn
+                        && content_length.is_some_and(|n| n <= fastcgi::KEPT_CONN_BODY_MAX);
+                    let whole = small
+                        || session
                             .req_header()
                             .headers
-                            .contains_key(http::header::TRANSFER_ENCODING)
-                    {
+                            .contains_key(http::header::TRANSFER_ENCODING);
+                    let buffered = if whole && !session.is_body_done() {
                         let limit = loc
                             .client_max_body_size
                             .unwrap_or(server.client_max_body_size);

@@ -273,6 +273,96 @@ fn stale_kept_alive_connection_is_retried_once_for_a_get() {
 }
 
 #[test]
+fn stale_kept_alive_connection_is_retried_with_a_small_body() {
+    // As above, for a POST: its small body was read whole before it was
+    // sent, so the retry on a fresh connection sends it again.
+    let dir = support::temp_dir();
+    let srv = RawServer::start(|i, mut s| {
+        let Some(body) = read_stdin(&mut s) else {
+            return;
+        };
+        if i == 0 {
+            let _ = s.write_all(&fcgi_response(b"Content-Type: text/plain\r\n\r\nok"));
+            let _ = read_stdin(&mut s);
+            graceful_close(s);
+            return;
+        }
+        let mut out = b"Content-Type: text/plain\r\n\r\ngot=".to_vec();
+        out.extend_from_slice(&body);
+        let _ = s.write_all(&fcgi_response(&out));
+        graceful_close(s);
+    });
+    let p = Proxy::flags(
+        dir.path(),
+        &["--fastcgi", &srv.addr(), "--root", &www(), "--keep-conn"],
+    );
+    let r = p.get("/x.php");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{}", p.logs());
+    let r = p.req(&support::Req::post("/x.php", b"abc".to_vec()));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "got=abc"),
+        "{}",
+        p.logs()
+    );
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
+    assert!(!p.error_log().contains("cause:"), "{}", p.logs());
+}
+
+/// Reads one FastCGI request and returns its STDIN; `None` on EOF before
+/// the empty STDIN record.
+fn read_stdin(s: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    let mut stdin = Vec::new();
+    loop {
+        let mut h = [0u8; 8];
+        s.read_exact(&mut h).ok()?;
+        let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+        let mut c = vec![0u8; len + h[6] as usize];
+        s.read_exact(&mut c).ok()?;
+        if h[1] == 5 {
+            if len == 0 {
+                return Some(stdin);
+            }
+            stdin.extend_from_slice(&c[..len]);
+        }
+    }
+}
+
+#[test]
+fn kept_connections_closed_by_php_are_not_reused() {
+    // `pm.max_requests = 1`: every PHP-FPM worker exits after one request,
+    // closing the kept connection just after its response. Neither a GET
+    // nor a POST may fail for it: the idle check notices a close the
+    // reactor has seen, and a close it has not seen yet is retried on a
+    // fresh connection (a small body is kept for that).
+    let dir = support::temp_dir();
+    let mut once = pool("once");
+    once.max_children = 2;
+    once.extra = vec!["pm.max_requests = 1".to_string()];
+    let fpm = fpm(dir.path(), vec![once]);
+    let p = Proxy::flags(
+        dir.path(),
+        &[
+            "--fastcgi",
+            &fpm_addr(&fpm, "once"),
+            "--root",
+            &www(),
+            "--keep-conn",
+            "--threads",
+            "1",
+        ],
+    );
+    for i in 0..6 {
+        let r = p.get("/hello.php");
+        assert_eq!(r.status, 200, "GET {i}: {}{}", r.text(), p.logs());
+        let r = p.req(&support::Req::post("/echo.php", b"abc".to_vec()));
+        assert_eq!(r.status, 200, "POST {i}: {}{}", r.text(), p.logs());
+        assert!(r.text().contains("len=3"), "POST {i}: {}", r.text());
+    }
+    assert!(!p.error_log().contains("cause:"), "{}", p.logs());
+}
+
+#[test]
 fn idle_keep_conn_connections_expire_and_release_the_php_worker() {
     // A one-worker pool: while proxy A keeps its idle FastCGI connection, the
     // worker waits on it and proxy B cannot be served. After A's upstream
