@@ -555,6 +555,12 @@ impl Exchange<'_> {
                         false,
                     ))
                 }
+                // A kept connection closed under a body still in hand (read
+                // whole first): sent again on a fresh one, as after the
+                // params.
+                Ok(Err(_)) if self.reused && !self.body_consumed && !self.stdout_seen => {
+                    return Some(Attempt::StaleReused)
+                }
                 Ok(Err(e)) => return Some(self.fail(ctx, send_failure(&e), false)),
                 Ok(Ok(())) => {}
             }
