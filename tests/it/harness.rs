@@ -501,25 +501,27 @@ pub fn refused_port() -> (socket2::Socket, u16) {
 /// Reads one FastCGI request (BEGIN_REQUEST .. empty STDIN) from a blocking
 /// stream. Returns false on EOF/error before the request was complete.
 pub fn read_fcgi_request(s: &mut TcpStream) -> bool {
-    let mut stdin_done = false;
+    read_fcgi_stdin(s).is_some()
+}
+
+/// Reads one FastCGI request like [`read_fcgi_request`] and returns its
+/// STDIN; `None` on EOF/error before the empty STDIN record.
+pub fn read_fcgi_stdin(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut stdin = Vec::new();
     for _ in 0..100_000 {
         let mut h = [0u8; 8];
-        if s.read_exact(&mut h).is_err() {
-            return false;
-        }
-        let len = u16::from_be_bytes([h[4], h[5]]) as usize + h[6] as usize;
-        let mut c = vec![0u8; len];
-        if s.read_exact(&mut c).is_err() {
-            return false;
-        }
-        if h[1] == 5 && h[4] == 0 && h[5] == 0 {
-            stdin_done = true;
-        }
-        if stdin_done {
-            return true;
+        s.read_exact(&mut h).ok()?;
+        let len = u16::from_be_bytes([h[4], h[5]]) as usize;
+        let mut c = vec![0u8; len + h[6] as usize];
+        s.read_exact(&mut c).ok()?;
+        if h[1] == 5 {
+            if len == 0 {
+                return Some(stdin);
+            }
+            stdin.extend_from_slice(&c[..len]);
         }
     }
-    false
+    None
 }
 
 /// One FastCGI record (request id 1), padded like PHP-FPM.

@@ -278,12 +278,12 @@ fn stale_kept_alive_connection_is_retried_with_a_small_body() {
     // sent, so the retry on a fresh connection sends it again.
     let dir = support::temp_dir();
     let srv = RawServer::start(|i, mut s| {
-        let Some(body) = read_stdin(&mut s) else {
+        let Some(body) = read_fcgi_stdin(&mut s) else {
             return;
         };
         if i == 0 {
             let _ = s.write_all(&fcgi_response(b"Content-Type: text/plain\r\n\r\nok"));
-            let _ = read_stdin(&mut s);
+            let _ = read_fcgi_stdin(&mut s);
             graceful_close(s);
             return;
         }
@@ -307,25 +307,6 @@ fn stale_kept_alive_connection_is_retried_with_a_small_body() {
     );
     assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
     assert!(!p.error_log().contains("cause:"), "{}", p.logs());
-}
-
-/// Reads one FastCGI request and returns its STDIN; `None` on EOF before
-/// the empty STDIN record.
-fn read_stdin(s: &mut std::net::TcpStream) -> Option<Vec<u8>> {
-    let mut stdin = Vec::new();
-    loop {
-        let mut h = [0u8; 8];
-        s.read_exact(&mut h).ok()?;
-        let len = u16::from_be_bytes([h[4], h[5]]) as usize;
-        let mut c = vec![0u8; len + h[6] as usize];
-        s.read_exact(&mut c).ok()?;
-        if h[1] == 5 {
-            if len == 0 {
-                return Some(stdin);
-            }
-            stdin.extend_from_slice(&c[..len]);
-        }
-    }
 }
 
 #[test]
