@@ -43,10 +43,11 @@ impl Conn {
     /// Otherwise, or if it has seen something, the kernel is asked (a
     /// `recv` peek, which costs an EAGAIN on a live connection). A close
     /// the reactor has not seen yet then shows on the first read, and a
-    /// request that has not sent its body is retried on a fresh connection
-    /// (`Attempt::StaleReused`): `sure` is for requests with a body, whose
-    /// body may be gone by then. nginx does not ask the kernel either (its
-    /// idle connections are closed from epoll events) and buffers bodies.
+    /// request that has not sent its body, or whose body was read whole
+    /// first, is sent again on a fresh connection (`Attempt::StaleReused`):
+    /// `sure` is for requests that stream their body, which may be gone by
+    /// then. nginx does not ask the kernel either (its idle connections are
+    /// closed from epoll events) and buffers bodies.
     pub fn is_idle_alive(&self, sure: bool) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let seen = match self {
