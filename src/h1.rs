@@ -969,7 +969,47 @@ fn parse_request(s: &mut H1Session) -> Option<std::result::Result<(), Refuse>> {
             400,
             "Request Header Or Cookie Too Large",
         ))),
+        Err(httparse::Error::Token) => parse_raw_target(s),
         Err(_) => Some(Err(Refuse::Status(400, ""))),
+    }
+}
+
+/// httparse refuses a request target that is not UTF-8 (`/caf\xE9.php`);
+/// nginx serves it. The header is parsed again from a copy in which the
+/// target's bytes >= 0x80 are `x`: the offsets are the same, so the request
+/// is built from the real bytes. Anything else wrong stays a 400.
+fn parse_raw_target(s: &mut H1Session) -> Option<std::result::Result<(), Refuse>> {
+    let bad = Some(Err(Refuse::Status(400, "")));
+    let line_end = find_crlf(&s.buf).unwrap_or(s.buf.len());
+    let line = &s.buf[..line_end];
+    let Some(start) = line.iter().position(|&b| b == b' ').map(|i| i + 1) else {
+        return bad;
+    };
+    let end = line[start..]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(line.len(), |i| start + i);
+    let target = &line[start..end];
+    if target.is_ascii() || std::str::from_utf8(target).is_ok() {
+        return bad;
+    }
+    let mut copy = s.buf.to_vec();
+    for b in &mut copy[start..end] {
+        if *b >= 0x80 {
+            *b = b'x';
+        }
+    }
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(&copy, &mut headers) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => {
+            let mut head = Head::new();
+            head.fill(&copy, &req);
+            Some(build_request(s, n, &head))
+        }
+        Ok(httparse::Status::Partial) if s.buf.len() <= MAX_HEAD => None,
+        _ => bad,
     }
 }
 

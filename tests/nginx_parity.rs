@@ -29,10 +29,20 @@ use why502::fpm::{Fpm, Listen, PoolSpec};
 mod parity;
 use parity::*;
 
+/// Strings that are not UTF-8 (a path like `/caf%E9`) are dumped as
+/// `hex:...`, keys too: `json_encode` refuses them.
 const DUMP_PHP: &str = r#"<?php
+function v($x) {
+    if (!is_array($x)) {
+        return (is_string($x) && !preg_match('//u', $x)) ? 'hex:' . bin2hex($x) : $x;
+    }
+    $o = [];
+    foreach ($x as $k => $y) { $o[v($k)] = v($y); }
+    return $o;
+}
 header('Content-Type: application/json');
-echo json_encode(['server' => $_SERVER, 'get' => $_GET, 'post' => $_POST,
-    'cookie' => $_COOKIE, 'input' => file_get_contents('php://input')]);
+echo json_encode(v(['server' => $_SERVER, 'get' => $_GET, 'post' => $_POST,
+    'cookie' => $_COOKIE, 'input' => file_get_contents('php://input')]));
 "#;
 
 /// The config both servers run; `@PORT@`, `@PORT2@`, `@PORT3@`, `@LOGS@`,
@@ -171,6 +181,14 @@ fn nginx_and_why502_agree() {
     write(&www.join("assets/app.js"), "console.log(1);\n");
     write(&www.join("private/secret.txt"), "secret\n");
     write(&www.join("ep/exists.txt"), "exists\n");
+    // Names that are not UTF-8 (Latin-1 `é`).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let latin1 = |b: &[u8]| www.join(std::ffi::OsStr::from_bytes(b));
+        write(&latin1(b"caf\xE9.txt"), "latin-1 name\n");
+        write(&latin1(b"d\xE9/index.html"), "<h1>latin-1 dir</h1>\n");
+        write(&www.join("d x%/index.html"), "<h1>space dir</h1>\n");
+    }
     for e in walk(&www) {
         let mode = if e.is_dir() { 0o755 } else { 0o644 };
         std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -345,6 +363,22 @@ fn nginx_and_why502_agree() {
             "body too large",
             "POST /dump.php HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n",
         ),
+        // Paths that are not UTF-8: nginx works on bytes, so does why502.
+        get("latin-1 path: php path info", "/dump.php/caf%E9/x?q=%E9&r=caf%C3%A9"),
+        get("latin-1 path: try_files fallback", "/wp/caf%E9?p=1"),
+        get("latin-1 path: static file", "/caf%E9.txt"),
+        get("latin-1 path: missing file", "/nope%E9.txt"),
+        get("latin-1 path: dir redirect", "/d%E9"),
+        get("latin-1 path: dir redirect with args", "/d%E9?x=1"),
+        get("dir redirect escapes the path", "/d%20x%25"),
+        get("dir redirect with args escapes the path", "/d%E9/..//d%20x%25?x=%20"),
+        get("latin-1 path: dir index", "/d%E9/"),
+        get("latin-1 path: set and return", "/setvar/caf%E9"),
+        get("latin-1 path: return text", "/ret200?x=%E9"),
+        get("overlong dots are not dots", "/%C0%AE%C0%AE/a.txt"),
+        get("a character in the carried range", "/dump.php/%F4%8F%BF%A9"),
+        get("raw latin-1 bytes in the request line", "/dump.php/raw{xE9}?r={xE9}"),
+        get("raw latin-1 static file", "/caf{xE9}.txt"),
         // failures
         get("dead socket", "/dead.php"),
         get("read timeout", "/slow.php"),

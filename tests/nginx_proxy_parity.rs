@@ -450,6 +450,8 @@ fn nginx_and_why502_proxy_alike() {
         get("uri rewriting: prefix only", "/prefix/"),
         get("uri rewriting: encoded", "/prefix/a%20b/%7Euser?z=%20"),
         get("uri rewriting: dot segments", "/prefix/x/../y"),
+        get("latin-1 uri passed as sent", "/caf%E9?x=%E9"),
+        get("uri rewriting: latin-1", "/prefix/caf%E9/../d%E9?z=%E9"),
         get("uri rewriting: exact location", "/exact?a=b"),
         get("regex location keeps uri", "/re/thing?x=1"),
         get("rewrite last into a proxy_pass uri", "/rw/a%20b?q=%20"),

@@ -114,6 +114,12 @@ pub trait Vars {
     fn append(&self, v: &Var, out: &mut String) {
         out.push_str(&self.var(v));
     }
+    /// Values may carry bytes that are not UTF-8 (see
+    /// [`rawtext`](crate::proxy::rawtext)): a request whose path or
+    /// arguments are not UTF-8.
+    fn carried(&self) -> bool {
+        false
+    }
 }
 
 impl Template {

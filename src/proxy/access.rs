@@ -13,6 +13,7 @@ use crate::config::{AccessLog, Config, FastCgi, Location, Server, Var};
 use crate::report::{ErrorLog, Sinks};
 
 use super::downstream::Downstream;
+use super::rawtext;
 use super::route::RouteState;
 use super::{ReqCtx, ReqVars, Runtime};
 
@@ -516,23 +517,37 @@ impl<S: Downstream> Values<'_, S> {
             Var::Arg(name) => args?.split('&').find_map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                 k.eq_ignore_ascii_case(name)
-                    .then_some(Cow::Borrowed(v.as_bytes()))
+                    .then(|| self.text(Cow::Borrowed(v.as_bytes())))
             }),
-            Var::Args | Var::QueryString => args.map(|a| Cow::Borrowed(a.as_bytes())),
+            Var::Args | Var::QueryString => args.map(|a| self.text(Cow::Borrowed(a.as_bytes()))),
             Var::RequestUri => Some(Cow::Borrowed(req.raw_path())),
             Var::RemoteUser => None,
             // nginx: a `set` variable not set in this request is empty.
-            Var::User(name) => Some(Cow::Borrowed(
-                self.ctx
-                    .user_vars
-                    .get(name)
-                    .map_or(&b""[..], |v| v.as_bytes()),
-            )),
+            Var::User(name) => Some(
+                self.text(Cow::Borrowed(
+                    self.ctx
+                        .user_vars
+                        .get(name)
+                        .map_or(&b""[..], |v| v.as_bytes()),
+                )),
+            ),
             Var::Capture(_) => None,
-            other => Some(match self.vars.var(other) {
+            other => Some(self.text(match self.vars.var(other) {
                 Cow::Borrowed(b) => Cow::Borrowed(b.as_bytes()),
                 Cow::Owned(o) => Cow::Owned(o.into_bytes()),
-            }),
+            })),
+        }
+    }
+
+    /// A value made from the request's path or arguments, with bytes that
+    /// are not UTF-8 turned back into bytes (see [`rawtext`]).
+    fn text<'v>(&self, v: Cow<'v, [u8]>) -> Cow<'v, [u8]> {
+        if !self.ctx.carried {
+            return v;
+        }
+        match v {
+            Cow::Borrowed(b) => rawtext::bytes_of(b),
+            Cow::Owned(o) => Cow::Owned(rawtext::bytes_of(&o).into_owned()),
         }
     }
 }

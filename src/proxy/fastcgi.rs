@@ -37,6 +37,8 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
     let mut p = BytesMut::with_capacity(1024);
     // Values are made in one reused buffer, not a `String` each.
     let mut value = String::with_capacity(256);
+    // A path or arguments that are not UTF-8 go to PHP as their bytes.
+    let carried = vars.carried();
     for param in &fc.params {
         let v = match param.value.as_literal() {
             Some(v) => v,
@@ -49,7 +51,11 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
         if param.if_not_empty && v.is_empty() {
             continue;
         }
-        encode_pair(&mut p, param.name.as_bytes(), v.as_bytes());
+        if carried {
+            encode_pair(&mut p, param.name.as_bytes(), &super::rawtext::to_bytes(v));
+        } else {
+            encode_pair(&mut p, param.name.as_bytes(), v.as_bytes());
+        }
     }
     if !fc.pass_request_headers {
         return p;

@@ -198,8 +198,9 @@ fn upstream_uri(
     args: Option<&str>,
     req: &RequestHeader,
 ) -> String {
+    // Arguments that are not UTF-8 go percent-encoded (nginx sends their bytes).
     let with_args = |p: String| match args {
-        Some(a) => format!("{p}?{a}"),
+        Some(a) => format!("{p}?{}", super::rawtext::percent_carried(a)),
         None => p,
     };
     if let Some(base) = &hp.uri {
@@ -231,9 +232,9 @@ fn location_prefix(loc: &Location) -> Option<&str> {
 /// Escapes a decoded URI path as nginx does before sending it upstream
 /// (`ngx_escape_uri(NGX_ESCAPE_URI)`): control characters, space, `#`, `%`,
 /// `?` and bytes >= 0x7f.
-fn escape_uri(s: &str) -> String {
+pub(crate) fn escape_uri(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
+    for &b in super::rawtext::to_bytes(s).iter() {
         if b <= 0x20 || b >= 0x7f || matches!(b, b'#' | b'%' | b'?') {
             out.push_str(&format!("%{b:02X}"));
         } else {

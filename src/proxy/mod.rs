@@ -17,6 +17,7 @@ pub mod fastcgi;
 #[path = "http.rs"]
 pub mod http_proxy;
 pub mod own;
+pub mod rawtext;
 pub mod route;
 pub mod static_files;
 pub mod vars;
@@ -167,6 +168,20 @@ pub struct ReqCtx {
     pub log: access::LogState,
     /// The length of a chunked request body read whole (`$content_length`).
     pub body_len: Option<u64>,
+    /// The decoded path or the arguments hold bytes that are not UTF-8,
+    /// carried in the text (see [`rawtext`]): they are turned back into
+    /// bytes where values leave why502.
+    pub carried: bool,
+}
+
+/// Text made from the request's path or arguments as the bytes it stands
+/// for (see [`ReqCtx::carried`]), for a response header or body.
+pub fn carried_bytes(ctx: &ReqCtx, s: String) -> Vec<u8> {
+    if ctx.carried {
+        rawtext::to_bytes(&s).into_owned()
+    } else {
+        s.into_bytes()
+    }
 }
 
 /// Returned by handlers when the response must be aborted (header already sent).
@@ -440,9 +455,29 @@ impl Why502 {
         rt.access.enter_server(ctx, si);
         ctx.summary.errlog = rt.server_errlogs.get(si).cloned().flatten();
 
-        let Some(uri) = route::normalize_path(session.req_header().uri.path()) else {
+        let req = session.req_header();
+        // A target that is not UTF-8 is in the Uri lossily: its bytes are
+        // routed (nginx works on bytes).
+        let (path, query) = if req.raw_path_is_utf8() {
+            (
+                req.uri.path().as_bytes(),
+                req.uri.query().map(str::as_bytes),
+            )
+        } else {
+            let raw = req.raw_path();
+            match raw.iter().position(|&b| b == b'?') {
+                Some(q) => (&raw[..q], Some(&raw[q + 1..])),
+                None => (raw, None),
+            }
+        };
+        let Some((uri, carried)) = route::normalize_target(path) else {
             return self.respond_status(session, ctx, 400).await;
         };
+        let args = query.map(|q| match std::str::from_utf8(q) {
+            Ok(a) => a.to_string(),
+            Err(_) => rawtext::from_bytes(q.to_vec()).0,
+        });
+        ctx.carried = carried || !req.raw_path_is_utf8();
         let content_length = session
             .req_header()
             .headers
@@ -451,7 +486,7 @@ impl Why502 {
             .and_then(|v| v.trim().parse::<u64>().ok());
         *st = RouteState {
             uri,
-            args: session.req_header().uri.query().map(str::to_string),
+            args,
             ..RouteState::default()
         };
         let mut named: Option<&Location> = None;
@@ -764,9 +799,12 @@ impl Why502 {
                             .map(vars::host_without_port);
                         let https = session.is_tls();
                         let local = session.server_addr();
+                        // nginx escapes the path (bytes that are not
+                        // UTF-8, spaces, `%`, `?`...).
+                        let path = http_proxy::escape_uri(&uri);
                         let l = match &args {
-                            Some(a) if !a.is_empty() => format!("{uri}/?{a}"),
-                            _ => format!("{uri}/"),
+                            Some(a) if !a.is_empty() => format!("{path}/?{a}"),
+                            _ => format!("{path}/"),
                         };
                         let l = if server.absolute_redirect {
                             route::absolute_location(&l, https, host.as_deref(), local)
@@ -1029,6 +1067,7 @@ impl Why502 {
                     Some(_) => route::content_type(loc, uri, std::path::Path::new(uri)),
                     None => "text/plain".into(),
                 };
+                let t = carried_bytes(ctx, t);
                 let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
                 let _ = h.insert_header(http::header::CONTENT_TYPE, ctype.as_ref());
                 let _ = h.insert_header(http::header::CONTENT_LENGTH, t.len().to_string());
@@ -1069,7 +1108,7 @@ impl Why502 {
         };
         let mut h = ResponseHeader::build(code, Some(4)).map_err(|_| Abort)?;
         let body = report::status_page(code, "");
-        let _ = h.insert_header("Location", location);
+        let _ = h.insert_header("Location", carried_bytes(ctx, location));
         let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         ctx.summary.status = code;
@@ -1096,7 +1135,11 @@ impl Why502 {
         }
         for (name, value, always) in &ctx.add_headers {
             if (ok || *always) && !value.is_empty() {
-                let _ = h.append_header(name.clone(), value.as_str());
+                if ctx.carried {
+                    let _ = h.append_header(name.clone(), &rawtext::to_bytes(value)[..]);
+                } else {
+                    let _ = h.append_header(name.clone(), value.as_str());
+                }
             }
         }
     }

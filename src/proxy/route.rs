@@ -107,24 +107,45 @@ pub fn bind_listens(listens: &[Listen]) -> Result<Vec<&Listen>, String> {
     Ok(out)
 }
 
-/// Decodes and normalizes a request path like nginx (`ngx_http_parse_complex_uri`):
-/// percent-decoding, merging slashes, resolving `.` and `..`. `None` = 400.
-pub fn normalize_path(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
+/// Decodes and normalizes a request's path like nginx
+/// (`ngx_http_parse_complex_uri`): percent-decoding, merging slashes,
+/// resolving `.` and `..`. Decoded bytes that are not UTF-8 are carried
+/// (see [`rawtext`](super::rawtext)); `true` if any were. `None` = 400.
+pub fn normalize_target(raw: &[u8]) -> Option<(String, bool)> {
+    if is_normal(raw, true) {
+        if let Ok(s) = std::str::from_utf8(raw) {
+            return Some((s.to_string(), false));
+        }
+    }
+    normalize_bytes(raw)
+}
+
+/// [`normalize_target`] for a path that is already text (a rewritten or
+/// redirected URI, whose carried bytes stay carried).
+pub fn normalize_path(text: &str) -> Option<String> {
+    if is_normal(text.as_bytes(), false) {
+        return Some(text.to_string());
+    }
+    normalize_bytes(&super::rawtext::to_bytes(text)).map(|(s, _)| s)
+}
+
+/// Already normal (the common case): starts with `/`, no escapes, no empty,
+/// `.` or `..` segments; for raw input also nothing that could need carrying.
+/// One pass (substring searches cost more than the path is long).
+fn is_normal(bytes: &[u8], raw: bool) -> bool {
+    let mut prev = 0u8;
+    bytes.first() == Some(&b'/')
+        && bytes.iter().all(|&b| {
+            let ok =
+                b != b'%' && !(prev == b'/' && (b == b'/' || b == b'.')) && !(raw && b == 0xF4);
+            prev = b;
+            ok
+        })
+}
+
+fn normalize_bytes(bytes: &[u8]) -> Option<(String, bool)> {
     if bytes.first() != Some(&b'/') {
         return None;
-    }
-    // Already normal (the common case): no escapes, no empty, `.` or `..`
-    // segments.
-    // One pass (substring searches cost more than the path is long).
-    let mut prev = 0u8;
-    let normal = bytes.iter().all(|&b| {
-        let ok = b != b'%' && !(prev == b'/' && (b == b'/' || b == b'.'));
-        prev = b;
-        ok
-    });
-    if normal {
-        return Some(raw.to_string());
     }
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -163,7 +184,7 @@ pub fn normalize_path(raw: &str) -> Option<String> {
     if path.is_empty() || ends_with_slash {
         path.push(b'/');
     }
-    String::from_utf8(path).ok()
+    Some(super::rawtext::from_bytes(path))
 }
 
 /// One server's `server_name`s, prepared for matching: lower-cased, the
@@ -367,11 +388,12 @@ pub fn file_path(root: &Path, loc: &Location, uri: &str, vars: &dyn Vars) -> Pat
             }
             _ => "",
         };
-        return PathBuf::from(format!("{a}{rest}"));
+        let p = format!("{a}{rest}");
+        return PathBuf::from(super::rawtext::to_os(&p).into_owned());
     }
     let mut s = std::ffi::OsString::with_capacity(root.as_os_str().len() + uri.len());
     s.push(root.as_os_str());
-    s.push(uri);
+    s.push(super::rawtext::to_os(uri));
     PathBuf::from(s)
 }
 

@@ -102,7 +102,7 @@ pub async fn redirect_to_dir<S: Downstream>(
     location: &str,
 ) -> Result<(), Abort> {
     let mut h = ResponseHeader::build(301, Some(4)).map_err(|_| Abort)?;
-    let _ = h.insert_header("Location", location);
+    let _ = h.insert_header("Location", super::carried_bytes(ctx, location.to_string()));
     let body = "<html>\r\n<head><title>301 Moved Permanently</title></head>\r\n<body>\r\n<center><h1>301 Moved Permanently</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n";
     let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
     let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());

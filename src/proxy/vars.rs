@@ -34,6 +34,8 @@ pub struct ReqVars<'a> {
     pub method: &'a str,
     /// The length of a chunked request body read whole.
     pub body_len: Option<u64>,
+    /// See [`ReqCtx::carried`].
+    pub carried: bool,
 }
 
 impl<'a> ReqVars<'a> {
@@ -87,6 +89,7 @@ impl<'a> ReqVars<'a> {
                 session.req_header().method.as_str()
             },
             body_len: ctx.body_len,
+            carried: ctx.carried,
         }
     }
 
@@ -178,6 +181,9 @@ impl Vars for ReqVars<'_> {
         use Var::*;
         match v {
             Uri | DocumentUri => Cow::Borrowed(self.uri),
+            RequestUri if !self.req.raw_path_is_utf8() => {
+                Cow::Owned(super::rawtext::from_bytes(self.req.raw_path().to_vec()).0)
+            }
             RequestUri => Cow::Borrowed(
                 self.req
                     .uri
@@ -271,6 +277,10 @@ impl Vars for ReqVars<'_> {
             ),
             User(name) => Cow::Borrowed(self.user.get(name).map(String::as_str).unwrap_or("")),
         }
+    }
+
+    fn carried(&self) -> bool {
+        self.carried
     }
 
     fn append(&self, v: &Var, out: &mut String) {

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{www, Proxy};
+use crate::harness::{fpm, fpm_addr, pool, www, Proxy};
 use crate::header::with_php;
 use crate::support;
 
@@ -356,4 +356,62 @@ fn early_answers_linger(wrapper: &[&str]) {
     let all = read_to_close(&mut s, &p, dir.path());
     assert!(all.starts_with("HTTP/1.1 502 "), "{all}");
     assert!(all.contains("connect.socket_missing"), "{all}");
+}
+
+/// A path that is not UTF-8 (Latin-1 `é` = 0xE9, percent-encoded or raw in
+/// the request line) reaches PHP as its bytes, as with nginx: the script's
+/// file name, PATH_INFO, QUERY_STRING and REQUEST_URI. Before, why502
+/// answered 400. Pingora's listeners get the percent-encoded form right too;
+/// their parser refuses raw bytes (400, docs/nginx-compat.md).
+#[test]
+fn paths_that_are_not_utf8_reach_php_as_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = support::temp_dir();
+    let root = dir.path().join("www");
+    std::fs::create_dir(&root).expect("mkdir www");
+    std::fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"caf\xE9.php")),
+        "<?php echo implode(' ', array_map('bin2hex', [$_SERVER['PATH_INFO'] ?? '', \
+         $_SERVER['QUERY_STRING'], $_SERVER['REQUEST_URI']]));",
+    )
+    .expect("write script");
+    let f = fpm(dir.path(), vec![pool("www")]);
+    let flags = [
+        "--fastcgi",
+        &fpm_addr(&f, "www"),
+        "--root",
+        &root.display().to_string(),
+    ];
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let ask = |p: &Proxy, target: &[u8]| {
+        let mut s = connect(&p.addr);
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(&req).expect("write request");
+        read_to_close(&mut s, p, dir.path())
+    };
+    let own = Proxy::flags(dir.path(), &flags);
+    let pingora = Proxy::flags_wrapped(dir.path(), &["env", "WHY502_SERVER=pingora"], &flags);
+    let encoded = b"/caf%E9.php/x%E9?q=%E9";
+    let want = format!(
+        "{} {} {}",
+        hex(b"/x\xE9"),
+        hex(b"q=%E9"),
+        hex(encoded)
+    );
+    for p in [&own, &pingora] {
+        let all = ask(p, encoded);
+        assert!(all.starts_with("HTTP/1.1 200 "), "{all}");
+        assert!(all.ends_with(&want), "{all}");
+    }
+    let raw = b"/caf\xE9.php/x\xE9?q=\xE9";
+    let all = ask(&own, raw);
+    assert!(all.starts_with("HTTP/1.1 200 "), "{all}");
+    assert!(
+        all.ends_with(&format!("{} {} {}", hex(b"/x\xE9"), hex(b"q=\xE9"), hex(raw))),
+        "{all}"
+    );
+    let all = ask(&pingora, raw);
+    assert!(all.starts_with("HTTP/1.1 400 "), "{all}");
 }

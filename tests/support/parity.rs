@@ -131,13 +131,39 @@ pub fn send(port: u16, raw: &str) -> Resp {
     send_to("127.0.0.1", port, raw)
 }
 
+/// The bytes of a raw request: `{xHH}` is the byte 0xHH (for bytes that
+/// are not UTF-8).
+pub fn wire(raw: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find("{x") {
+        let byte = rest
+            .get(i + 2..i + 4)
+            .filter(|_| rest.get(i + 4..i + 5) == Some("}"))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match byte {
+            Some(b) => {
+                out.extend_from_slice(&rest.as_bytes()[..i]);
+                out.push(b);
+                rest = &rest[i + 5..];
+            }
+            None => {
+                out.extend_from_slice(&rest.as_bytes()[..i + 2]);
+                rest = &rest[i + 2..];
+            }
+        }
+    }
+    out.extend_from_slice(rest.as_bytes());
+    out
+}
+
 /// [`send`] to another local address (all of 127/8 is loopback on Linux).
 pub fn send_to(ip: &str, port: u16, raw: &str) -> Resp {
     let raw = raw.replace("{HOST}", &format!("127.0.0.1:{port}"));
     let mut s = TcpStream::connect((ip, port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
-    s.write_all(raw.as_bytes()).expect("write");
+    s.write_all(&wire(&raw)).expect("write");
     let mut buf = Vec::new();
     let t0 = Instant::now();
     let mut chunk = [0u8; 16384];
