@@ -394,12 +394,7 @@ fn paths_that_are_not_utf8_reach_php_as_bytes() {
     let own = Proxy::flags(dir.path(), &flags);
     let pingora = Proxy::flags_wrapped(dir.path(), &["env", "WHY502_SERVER=pingora"], &flags);
     let encoded = b"/caf%E9.php/x%E9?q=%E9";
-    let want = format!(
-        "{} {} {}",
-        hex(b"/x\xE9"),
-        hex(b"q=%E9"),
-        hex(encoded)
-    );
+    let want = format!("{} {} {}", hex(b"/x\xE9"), hex(b"q=%E9"), hex(encoded));
     for p in [&own, &pingora] {
         let all = ask(p, encoded);
         assert!(all.starts_with("HTTP/1.1 200 "), "{all}");
@@ -409,7 +404,12 @@ fn paths_that_are_not_utf8_reach_php_as_bytes() {
     let all = ask(&own, raw);
     assert!(all.starts_with("HTTP/1.1 200 "), "{all}");
     assert!(
-        all.ends_with(&format!("{} {} {}", hex(b"/x\xE9"), hex(b"q=\xE9"), hex(raw))),
+        all.ends_with(&format!(
+            "{} {} {}",
+            hex(b"/x\xE9"),
+            hex(b"q=\xE9"),
+            hex(raw)
+        )),
         "{all}"
     );
     let all = ask(&pingora, raw);
