@@ -39,41 +39,109 @@ impl Conn {
     ///
     /// The reactor is asked first, without a system call: a connection it
     /// has seen nothing on since its last read had no data and no EOF
-    /// when this thread last polled, and is taken as alive unless `sure`.
-    /// Otherwise, or if it has seen something, the kernel is asked (a
-    /// `recv` peek, which costs an EAGAIN on a live connection). A close
-    /// the reactor has not seen yet then shows on the first read, and a
-    /// request that has not sent its body, or whose body was read whole
-    /// first, is sent again on a fresh connection (`Attempt::StaleReused`):
-    /// `sure` is for requests that stream their body, which may be gone by
-    /// then. nginx does not ask the kernel either (its idle connections are
-    /// closed from epoll events) and buffers bodies.
-    pub fn is_idle_alive(&self, sure: bool) -> bool {
+    /// when this thread last polled, and is taken as alive. If it has seen
+    /// something, the kernel is asked (a `recv` peek). A close the reactor
+    /// has not seen yet shows on the first read, and the request is sent
+    /// again on a fresh connection (`Attempt::StaleReused`): it has no body,
+    /// or its body was read whole first. A request that streams its body
+    /// never takes a kept connection. nginx does not ask the kernel either
+    /// (its idle connections are closed from epoll events) and reads every
+    /// body before it connects.
+    pub fn is_idle_alive(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let seen = match self {
             Conn::Unix(s) => s.poll_read_ready(&mut cx).is_ready(),
             Conn::Tcp(s) => s.poll_read_ready(&mut cx).is_ready(),
         };
-        if !seen && !sure {
-            return true;
-        }
-        fd_idle_alive(self.raw_fd())
+        !seen || fd_idle_alive(self.raw_fd())
     }
 }
 
-/// True if the socket `fd` is open and has no unread data.
-fn fd_idle_alive(fd: i32) -> bool {
+impl Conn {
+    /// Watches an idle connection: `waker` is woken when the peer sends
+    /// anything or closes it. False if that has happened already.
+    ///
+    /// PHP-FPM needs this. A worker retiring at `pm.max_requests` answers
+    /// its last request on a kept connection, shuts its side down and then
+    /// waits for why502 to close the connection before it exits: until
+    /// then it holds its slot in the pool, and the master starts no worker
+    /// in its place. nginx closes such a connection as soon as epoll says
+    /// it is readable; so does why502's idle sweeper when it is woken.
+    fn watch(&self, waker: &std::task::Waker) -> bool {
+        let mut cx = Context::from_waker(waker);
+        // Twice at most: a readiness tokio still has from an earlier read is
+        // cleared by the first peek (EAGAIN), and the second poll registers.
+        for _ in 0..2 {
+            let ready = match self {
+                Conn::Unix(s) => s.poll_read_ready(&mut cx),
+                Conn::Tcp(s) => s.poll_read_ready(&mut cx),
+            };
+            match ready {
+                Poll::Pending => return true,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Ready(Ok(())) => {}
+            }
+            // Through tokio, so that an EAGAIN clears the readiness.
+            let fd = self.raw_fd();
+            let peek = || match peek_byte(fd) {
+                n if n < 0 => Err(io::Error::last_os_error()),
+                n => Ok(n),
+            };
+            let r = match self {
+                Conn::Unix(s) => s.try_io(tokio::io::Interest::READABLE, peek),
+                Conn::Tcp(s) => s.try_io(tokio::io::Interest::READABLE, peek),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // Data nobody asked for, EOF or an error.
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: what `recv` returns.
+fn peek_byte(fd: i32) -> isize {
     let mut b = [0u8; 1];
     // SAFETY: recv on a valid fd into a 1-byte stack buffer.
-    let n = unsafe {
+    unsafe {
         libc::recv(
             fd,
             b.as_mut_ptr().cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
-    };
-    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+    }
+}
+
+/// Wakes the idle sweeper (see [`Conn::watch`]).
+#[derive(Default)]
+pub struct IdleWatch {
+    sweeper: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl IdleWatch {
+    /// The thread to wake.
+    pub fn set_sweeper(&self, t: std::thread::Thread) {
+        let _ = self.sweeper.set(t);
+    }
+}
+
+impl std::task::Wake for IdleWatch {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        if let Some(t) = self.sweeper.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// True if the socket `fd` is open and has no unread data.
+fn fd_idle_alive(fd: i32) -> bool {
+    peek_byte(fd) < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
 }
 
 /// A connection to an HTTP upstream as the HTTP gateway holds it: plain or
@@ -412,6 +480,10 @@ pub struct UpstreamState {
     http_idle: Vec<PerThread<(u64, HttpWire, Instant)>>,
     /// Each server's address as text (`Addr`'s Display), made once.
     pub addr_text: Vec<String>,
+    /// Wakes the idle sweeper when an idle FastCGI connection is closed by
+    /// its peer (see [`Conn::watch`]).
+    pub watch: std::sync::Arc<IdleWatch>,
+    waker: std::task::Waker,
 }
 
 /// One idle pool per worker thread (see [`pool_slot`]).
@@ -442,6 +514,7 @@ impl UpstreamState {
     pub fn new(config: std::sync::Arc<Upstream>, threads: usize) -> UpstreamState {
         let n = config.servers.len();
         let slots = threads.max(1);
+        let watch = std::sync::Arc::new(IdleWatch::default());
         UpstreamState {
             state: Mutex::new(
                 (0..n)
@@ -461,6 +534,8 @@ impl UpstreamState {
                 .map(|_| (0..slots).map(|_| Mutex::new(Vec::new())).collect())
                 .collect(),
             addr_text: config.servers.iter().map(|s| s.addr.to_string()).collect(),
+            waker: std::task::Waker::from(watch.clone()),
+            watch,
             config,
         }
     }
@@ -542,14 +617,14 @@ impl UpstreamState {
         }
     }
 
-    /// Takes a live idle connection to server `i`, if any (`sure`: see
+    /// Takes a live idle connection to server `i`, if any (see
     /// [`Conn::is_idle_alive`]).
-    pub fn take_idle(&self, i: usize, sure: bool) -> Option<Conn> {
+    pub fn take_idle(&self, i: usize) -> Option<Conn> {
         let slots = self.idle.get(i)?;
         let pool = slots.get(pool_slot(slots.len()))?;
         loop {
             let (c, since) = pool.lock().ok()?.pop()?;
-            if since.elapsed() < self.config.keepalive_timeout && c.is_idle_alive(sure) {
+            if since.elapsed() < self.config.keepalive_timeout && c.is_idle_alive() {
                 return Some(c);
             }
         }
@@ -557,6 +632,10 @@ impl UpstreamState {
 
     /// Returns a connection to the idle pool (dropped if the pool is full).
     pub fn put_idle(&self, i: usize, c: Conn) {
+        // Closed by PHP-FPM already (a retiring worker): dropped now.
+        if !c.watch(&self.waker) {
+            return;
+        }
         let slots = self.idle.get(i).map(Vec::as_slice).unwrap_or_default();
         if let Some(pool) = slots.get(pool_slot(slots.len())) {
             if let Ok(mut p) = pool.lock() {
@@ -570,10 +649,16 @@ impl UpstreamState {
     /// Closes FastCGI connections idle for longer than the upstream's
     /// `keepalive_timeout` (default [`IDLE_TIMEOUT`]): an idle
     /// connection holds a PHP-FPM worker, so it must not be kept forever.
+    ///
+    /// Also closes the idle connections their peer has closed or sent
+    /// something on (see [`Conn::watch`]); the sweeper runs this when
+    /// [`IdleWatch`] wakes it, not only every second.
     pub fn expire_idle(&self) {
         for pool in self.idle.iter().flatten() {
             if let Ok(mut p) = pool.lock() {
-                p.retain(|(_, since)| since.elapsed() < self.config.keepalive_timeout);
+                p.retain(|(c, since)| {
+                    since.elapsed() < self.config.keepalive_timeout && c.watch(&self.waker)
+                });
             }
         }
     }

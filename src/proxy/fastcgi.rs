@@ -191,8 +191,12 @@ pub async fn serve<S: Downstream>(
 
             let t0 = Instant::now();
             let mut reused = false;
-            let mut conn = match (fc.keep_conn && !force_fresh)
-                .then(|| up.take_idle(i, has_body && buffered.is_none()))
+            // A request that streams its body takes a fresh connection: a
+            // kept one that PHP closes just then (a worker at
+            // pm.max_requests) could not be sent the body again.
+            let streams_body = has_body && buffered.is_none();
+            let mut conn = match (fc.keep_conn && !force_fresh && !streams_body)
+                .then(|| up.take_idle(i))
                 .flatten()
             {
                 Some(c) => {

@@ -82,17 +82,24 @@ impl Runtime {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
         // Idle FastCGI connections hold PHP-FPM workers: close them after
-        // IDLE_TIMEOUT even when no request comes to take them.
+        // IDLE_TIMEOUT even when no request comes to take them, and as soon
+        // as PHP-FPM closes them (woken through `IdleWatch`).
         let pools: Vec<Arc<UpstreamState>> = upstreams.values().cloned().collect();
         if !pools.is_empty() {
-            let _ = std::thread::Builder::new()
+            let watches: Vec<_> = pools.iter().map(|p| p.watch.clone()).collect();
+            let sweeper = std::thread::Builder::new()
                 .name("why502-idle-sweep".into())
                 .spawn(move || loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    std::thread::park_timeout(std::time::Duration::from_secs(1));
                     for p in &pools {
                         p.expire_idle();
                     }
                 });
+            if let Ok(t) = sweeper {
+                for w in watches {
+                    w.set_sweeper(t.thread().clone());
+                }
+            }
         }
         Ok(Runtime {
             config,

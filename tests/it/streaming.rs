@@ -310,12 +310,59 @@ fn stale_kept_alive_connection_is_retried_with_a_small_body() {
 }
 
 #[test]
+fn streamed_bodies_take_a_fresh_connection() {
+    // A body too big to keep (over 64 KiB) is streamed to PHP as it
+    // arrives, so it could not be sent again if the kept connection turned
+    // out closed: such a request never takes a kept connection. The kept
+    // one stays, and the fresh one is kept after it.
+    let dir = support::temp_dir();
+    let srv = RawServer::start(|i, mut s| {
+        while let Some(body) = read_fcgi_stdin(&mut s) {
+            let out = format!(
+                "Content-Type: text/plain\r\n\r\nconn={i} len={}",
+                body.len()
+            );
+            if s.write_all(&fcgi_response(out.as_bytes())).is_err() {
+                return;
+            }
+        }
+    });
+    let p = Proxy::flags(
+        dir.path(),
+        &[
+            "--fastcgi",
+            &srv.addr(),
+            "--root",
+            &www(),
+            "--keep-conn",
+            "--threads",
+            "1",
+        ],
+    );
+    let r = p.get("/x.php");
+    assert_eq!((r.status, r.text().as_str()), (200, "conn=0 len=0"));
+    let r = p.req(&support::Req::post("/x.php", vec![b'x'; 100_000]));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "conn=1 len=100000"),
+        "{}",
+        p.logs()
+    );
+    // Both are kept now: a small body takes one of them (the newest).
+    let r = p.req(&support::Req::post("/x.php", vec![b'x'; 1000]));
+    assert_eq!((r.status, r.text().as_str()), (200, "conn=1 len=1000"));
+    assert_eq!(srv.connections.load(Ordering::SeqCst), 2);
+    assert!(!p.error_log().contains("cause:"), "{}", p.logs());
+}
+
+#[test]
 fn kept_connections_closed_by_php_are_not_reused() {
     // `pm.max_requests = 1`: every PHP-FPM worker exits after one request,
     // closing the kept connection just after its response. Neither a GET
     // nor a POST may fail for it: the idle check notices a close the
     // reactor has seen, and a close it has not seen yet is retried on a
-    // fresh connection (a small body is kept for that).
+    // fresh connection (a small body is kept for that). A big body goes on
+    // a fresh connection from the start.
     let dir = support::temp_dir();
     let mut once = pool("once");
     once.max_children = 2;
@@ -339,8 +386,63 @@ fn kept_connections_closed_by_php_are_not_reused() {
         let r = p.req(&support::Req::post("/echo.php", b"abc".to_vec()));
         assert_eq!(r.status, 200, "POST {i}: {}{}", r.text(), p.logs());
         assert!(r.text().contains("len=3"), "POST {i}: {}", r.text());
+        let t0 = std::time::Instant::now();
+        let r = p.req(&support::Req::post("/echo.php", vec![b'x'; 200_000]));
+        assert_eq!(
+            r.status,
+            200,
+            "big POST {i} ({:?} after {:?}): {}{}",
+            r.error,
+            t0.elapsed(),
+            r.text(),
+            p.logs()
+        );
+        assert!(
+            r.text().contains("len=200000"),
+            "big POST {i}: {}",
+            r.text()
+        );
     }
     assert!(!p.error_log().contains("cause:"), "{}", p.logs());
+}
+
+#[test]
+fn retiring_php_workers_are_released_at_once() {
+    // A PHP-FPM worker at pm.max_requests answers its last request on a
+    // kept connection, shuts down its side and waits for the proxy to close
+    // the connection before it exits; until then the master starts no
+    // worker in its place. Proxy A must close it as soon as PHP-FPM does
+    // (nginx does, from epoll), not when the idle connection expires (60 s)
+    // or is taken again: proxy B, on the same one-worker pool, gets through.
+    let dir = support::temp_dir();
+    let mut one = pool("one");
+    one.max_children = 1;
+    one.extra = vec!["pm.max_requests = 1".to_string()];
+    let fpm = fpm(dir.path(), vec![one]);
+    let flags = [
+        "--fastcgi",
+        &fpm_addr(&fpm, "one"),
+        "--root",
+        &www(),
+        "--keep-conn",
+    ];
+    let a = Proxy::flags(dir.path(), &flags);
+    let b = Proxy::flags(dir.path(), &flags);
+    for i in 0..3 {
+        let r = a.get("/hello.php");
+        assert_eq!(r.status, 200, "A {i}: {}{}", r.text(), a.logs());
+        // The client gives up after 30 s: long before A's idle connection
+        // would expire.
+        let r = b.get("/hello.php");
+        assert_eq!(
+            r.status,
+            200,
+            "B {i} ({:?}): {}{}",
+            r.error,
+            r.text(),
+            b.logs()
+        );
+    }
 }
 
 #[test]
