@@ -739,6 +739,42 @@ mod tests {
         assert_eq!(normalize_path("x"), None);
     }
 
+    #[test]
+    fn paths_that_are_not_utf8_are_carried() {
+        use crate::proxy::rawtext::to_bytes;
+        let carried = |raw: &[u8]| {
+            let (s, c) = normalize_target(raw).expect("valid path");
+            (to_bytes(&s).into_owned(), c)
+        };
+        // Percent-encoded and raw Latin-1, with dot segments around them.
+        assert_eq!(carried(b"/caf%E9"), (b"/caf\xE9".to_vec(), true));
+        assert_eq!(carried(b"/a/../caf\xE9//x"), (b"/caf\xE9/x".to_vec(), true));
+        // UTF-8 stays as it is, escaped or not.
+        assert_eq!(
+            carried(b"/caf%C3%A9"),
+            ("/caf\u{e9}".as_bytes().to_vec(), false)
+        );
+        assert_eq!(
+            normalize_target("/caf\u{e9}".as_bytes()),
+            Some(("/caf\u{e9}".into(), false))
+        );
+        // A character of the carried range itself comes back as its bytes.
+        assert_eq!(
+            carried(b"/%F4%8F%BF%A9"),
+            (b"/\xF4\x8F\xBF\xA9".to_vec(), true)
+        );
+        assert_eq!(
+            carried("/\u{10FFE9}".as_bytes()),
+            (b"/\xF4\x8F\xBF\xA9".to_vec(), true)
+        );
+        assert_eq!(normalize_target(b"/%E9/../../x"), None);
+        // A rewritten URI is text already: its carried bytes stay carried.
+        let (text, _) = normalize_target(b"/d%E9/x").expect("valid");
+        let again = normalize_path(&format!("{text}/../y%20")).expect("valid");
+        assert_eq!(&to_bytes(&again)[..], b"/d\xE9/y ");
+        assert_eq!(normalize_path(&text).as_deref(), Some(text.as_str()));
+    }
+
     fn loc(m: Match) -> Location {
         Location::new(m, Origin::default())
     }
