@@ -55,9 +55,7 @@ impl Conn {
         };
         !seen || fd_idle_alive(self.raw_fd())
     }
-}
 
-impl Conn {
     /// Watches an idle connection: `waker` is woken when the peer sends
     /// anything or closes it. False if that has happened already.
     ///
