@@ -47,13 +47,11 @@ impl Conn {
     /// never takes a kept connection. nginx does not ask the kernel either
     /// (its idle connections are closed from epoll events) and reads every
     /// body before it connects.
+    ///
+    /// This is [`Conn::watch`] with a waker that does nothing: the
+    /// connection leaves the pool, so its watch ends.
     pub fn is_idle_alive(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let seen = match self {
-            Conn::Unix(s) => s.poll_read_ready(&mut cx).is_ready(),
-            Conn::Tcp(s) => s.poll_read_ready(&mut cx).is_ready(),
-        };
-        !seen || fd_idle_alive(self.raw_fd())
+        self.watch(std::task::Waker::noop())
     }
 
     /// Watches an idle connection: `waker` is woken when the peer sends

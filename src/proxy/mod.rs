@@ -818,7 +818,7 @@ impl Why502 {
                         } else {
                             l
                         };
-                        return static_files::redirect_to_dir(self, session, ctx, &l).await;
+                        return static_files::redirect_to_dir(self, session, ctx, l).await;
                     }
                 }
             };

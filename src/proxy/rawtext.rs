@@ -35,8 +35,7 @@ fn carried_at(b: &[u8], i: usize) -> Option<u8> {
 /// `true` when anything was carried.
 pub fn from_bytes(bytes: Vec<u8>) -> (String, bool) {
     match String::from_utf8(bytes) {
-        Ok(s) if !s.as_bytes().contains(&0xF4) => (s, false),
-        Ok(s) if !(0..s.len()).any(|i| carried_at(s.as_bytes(), i).is_some()) => (s, false),
+        Ok(s) if !carries(&s) => (s, false),
         Ok(s) => (carry(s.as_bytes()), true),
         Err(e) => (carry(e.as_bytes()), true),
     }
@@ -124,10 +123,8 @@ pub fn percent_carried(s: &str) -> Cow<'_, str> {
     for c in s.chars() {
         let n = u32::from(c);
         if (BASE..=BASE + 0x7F).contains(&n) {
-            let b = 0x80 + (n - BASE);
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
-            out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
+            // As `escape_uri` writes it.
+            out.push_str(&format!("%{:02X}", 0x80 + (n - BASE)));
         } else {
             out.push(c);
         }

@@ -99,10 +99,10 @@ pub async fn redirect_to_dir<S: Downstream>(
     p: &Why502,
     session: &mut S,
     ctx: &mut ReqCtx,
-    location: &str,
+    location: String,
 ) -> Result<(), Abort> {
     let mut h = ResponseHeader::build(301, Some(4)).map_err(|_| Abort)?;
-    let _ = h.insert_header("Location", super::carried_bytes(ctx, location.to_string()));
+    let _ = h.insert_header("Location", super::carried_bytes(ctx, location));
     let body = "<html>\r\n<head><title>301 Moved Permanently</title></head>\r\n<body>\r\n<center><h1>301 Moved Permanently</h1></center>\r\n<hr><center>why502</center>\r\n</body>\r\n</html>\r\n";
     let _ = h.insert_header(http::header::CONTENT_TYPE, "text/html");
     let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
