@@ -244,7 +244,14 @@ impl Scanner {
                     }
                     // Includes CR and LF: a line without a colon.
                     c if c <= 0x20 || c == 0x7f => return Err(self.pos),
-                    _ => {}
+                    // The rest of the name in one run, to the byte that ends it.
+                    _ => {
+                        let rest = &b[self.pos + 1..];
+                        self.pos += rest
+                            .iter()
+                            .position(|&c| c == b':' || c <= 0x20 || c == 0x7f)
+                            .unwrap_or(rest.len());
+                    }
                 },
                 LineState::SpaceBeforeValue => match c {
                     b' ' | b'\t' => {}
@@ -265,9 +272,20 @@ impl Scanner {
                 LineState::Value => match c {
                     b'\r' => self.state = LineState::Cr,
                     b'\n' => self.finish_line(),
-                    b' ' | b'\t' => {}
                     c if is_ctl(c) => return Err(self.pos),
-                    _ => self.value_end = self.pos + 1,
+                    // The run up to the next control byte (CR, LF or an
+                    // invalid one) in one step; the value ends after its
+                    // last byte that is not a space or tab.
+                    _ => {
+                        let rest = &b[self.pos..];
+                        let run = rest.iter().position(|&c| is_ctl(c)).unwrap_or(rest.len());
+                        if let Some(last) =
+                            rest[..run].iter().rposition(|&c| c != b' ' && c != b'\t')
+                        {
+                            self.value_end = self.pos + last + 1;
+                        }
+                        self.pos += run - 1;
+                    }
                 },
                 LineState::Cr => {
                     if c != b'\n' {
