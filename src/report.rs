@@ -84,15 +84,18 @@ pub struct RequestSummary {
     pub request_id: String,
     pub client: Option<IpAddr>,
     pub client_addr: String,
-    pub method: String,
-    pub uri: String,
+    /// The request's method, target and Host: kept as the request has them
+    /// (shared, not copied); read through [`RequestSummary::uri`] and
+    /// [`RequestSummary::host`].
+    pub method: http::Method,
+    pub target: Option<http::uri::PathAndQuery>,
     pub protocol: &'static str,
-    pub host: Option<String>,
-    pub server_name: String,
+    pub host_value: Option<http::HeaderValue>,
+    pub server_name: Arc<str>,
     /// `fastcgi://unix:/path:` or `fastcgi://127.0.0.1:9000` (nginx style), empty if none.
-    pub upstream: String,
+    pub upstream: Arc<str>,
     /// The next hop as RFC 9209 `next-hop` (`unix:/path`, `127.0.0.1:9000`).
-    pub next_hop: String,
+    pub next_hop: Arc<str>,
     pub status: u16,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -103,6 +106,18 @@ pub struct RequestSummary {
     pub conn: u64,
     /// The selected server's own error log (None = the main one).
     pub errlog: Option<Arc<ErrorLog>>,
+}
+
+impl RequestSummary {
+    /// The request target as sent (`/path?args`).
+    pub fn uri(&self) -> &str {
+        self.target.as_ref().map_or("/", |t| t.as_str())
+    }
+
+    /// The Host header (else the target's authority), if there was one.
+    pub fn host(&self) -> Option<&str> {
+        self.host_value.as_ref().and_then(|h| h.to_str().ok())
+    }
 }
 
 /// One file (or standard error) error-log lines are written to.
@@ -244,11 +259,11 @@ pub fn nginx_line(
         ", client: ",
         &req.client_addr,
         ", server: ",
-        &req.server_name,
+        &*req.server_name,
         ", request: \"",
-        &req.method,
+        req.method.as_str(),
         " ",
-        &req.uri,
+        req.uri(),
         " ",
         req.protocol,
         "\"",
@@ -266,7 +281,7 @@ pub fn nginx_line(
             s.push_str(part);
         }
     }
-    if let Some(h) = &req.host {
+    if let Some(h) = req.host() {
         for part in [", host: \"", h, "\""] {
             s.push_str(part);
         }
@@ -491,7 +506,7 @@ struct LastPage {
     details: String,
     extra_hint: Option<String>,
     stderr: String,
-    next_hop: String,
+    next_hop: Arc<str>,
     head: Bytes,
     proxy_status: Option<http::HeaderValue>,
     /// The diagnosis header lines around the request id's, for a session
@@ -678,7 +693,7 @@ pub fn render(
             obj["explanation"] = info.explanation.into();
             obj["hint"] = info.hint.into();
             obj["details"] = f.details.clone().into();
-            obj["upstream"] = req.next_hop.clone().into();
+            obj["upstream"] = (&*req.next_hop).into();
             if let Some(h) = &f.extra_hint {
                 obj["extra_hint"] = h.clone().into();
             }
@@ -749,9 +764,9 @@ pub fn event(f: &Failure, req: &RequestSummary) {
         request_id = req.request_id.as_str(),
         client = req.client_addr.as_str(),
         method = req.method.as_str(),
-        uri = req.uri.as_str(),
-        host = req.host.as_deref().unwrap_or(""),
-        upstream = req.next_hop.as_str(),
+        uri = req.uri(),
+        host = req.host().unwrap_or(""),
+        upstream = &*req.next_hop,
         cause = info.code,
         phase = info.phase.as_str(),
         status = req.status,
@@ -775,10 +790,10 @@ mod tests {
             request_id: "abc".into(),
             client: "127.0.0.1".parse().ok(),
             client_addr: "127.0.0.1".into(),
-            method: "GET".into(),
-            uri: "/x.php".into(),
+            method: http::Method::GET,
+            target: Some(http::uri::PathAndQuery::from_static("/x.php")),
             protocol: "HTTP/1.1",
-            host: Some("example.test".into()),
+            host_value: Some(http::HeaderValue::from_static("example.test")),
             server_name: "example.test".into(),
             upstream: "fastcgi://unix:/run/php/php8.2-fpm.sock:".into(),
             next_hop: "unix:/run/php/php8.2-fpm.sock".into(),

@@ -475,7 +475,10 @@ pub struct UpstreamState {
     /// became idle.
     http_idle: Vec<PerThread<(u64, HttpWire, Instant)>>,
     /// Each server's address as text (`Addr`'s Display), made once.
-    pub addr_text: Vec<String>,
+    pub addr_text: Vec<std::sync::Arc<str>>,
+    /// Each server as nginx names a FastCGI upstream in log lines
+    /// (`fastcgi://unix:/path:`, `fastcgi://127.0.0.1:9000`), made once.
+    pub fastcgi_names: Vec<std::sync::Arc<str>>,
     /// Wakes the idle sweeper when an idle FastCGI connection is closed by
     /// its peer (see [`Conn::watch`]).
     pub watch: std::sync::Arc<IdleWatch>,
@@ -496,6 +499,15 @@ fn pool_slot(n: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
     SLOT.with(|s| *s) % n.max(1)
+}
+
+/// nginx's name of a FastCGI upstream server in log lines.
+fn fastcgi_name(addr: &Addr) -> String {
+    let mut s = format!("fastcgi://{addr}");
+    if matches!(addr, Addr::Unix(_)) {
+        s.push(':');
+    }
+    s
 }
 
 /// The outcome of picking a server.
@@ -529,7 +541,16 @@ impl UpstreamState {
             http_idle: (0..n)
                 .map(|_| (0..slots).map(|_| Mutex::new(Vec::new())).collect())
                 .collect(),
-            addr_text: config.servers.iter().map(|s| s.addr.to_string()).collect(),
+            addr_text: config
+                .servers
+                .iter()
+                .map(|s| s.addr.to_string().into())
+                .collect(),
+            fastcgi_names: config
+                .servers
+                .iter()
+                .map(|s| fastcgi_name(&s.addr).into())
+                .collect(),
             waker: std::task::Waker::from(watch.clone()),
             watch,
             config,

@@ -271,7 +271,7 @@ pub fn log_request<S: Downstream>(rt: &Runtime, session: &S, ctx: &ReqCtx) {
     let fc = loc
         .and_then(|l| l.fastcgi.as_deref())
         .filter(|_| active.iter().any(|a| a.fastcgi_vars));
-    let vars = ReqVars::new(rt, session, ctx, server, uri, args, root, Vec::new(), fc);
+    let vars = ReqVars::new(rt, session, ctx, server, uri, args, root, &[], fc);
     let values = Values {
         vars,
         session,

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cause::{Cause, Phase};
 use crate::config::template::Vars;
-use crate::config::{Addr, FastCgi, Server};
+use crate::config::{FastCgi, Server};
 use crate::fastcgi::cgi::{CgiError, CgiHead, CgiHeaderParser};
 use crate::fastcgi::decoder::{Frame, FramingError, PeerGuess, ResponseDecoder};
 use crate::fastcgi::params::encode_pair;
@@ -105,17 +105,6 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
     p
 }
 
-/// nginx's upstream name in log lines (`text`: the address as text).
-fn nginx_upstream(addr: &Addr, text: &str) -> String {
-    let mut s = String::with_capacity(text.len() + 12);
-    s.push_str("fastcgi://");
-    s.push_str(text);
-    if matches!(addr, Addr::Unix(_)) {
-        s.push(':');
-    }
-    s
-}
-
 /// How one attempt against one server ended.
 enum Attempt {
     /// Response complete; `true` if the connection may be reused.
@@ -165,7 +154,8 @@ pub async fn serve<S: Downstream>(
                 | http::Method::DELETE
         );
 
-        let mut tried: Vec<usize> = Vec::new();
+        // On the stack for the usual upstream of a few servers.
+        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         let mut last: Option<Failure> = None;
         let mut fresh_retry_used = false;
         let mut force_fresh = false;
@@ -184,10 +174,10 @@ pub async fn serve<S: Downstream>(
             };
             tried.push(i);
             let addr = &up.config.servers[i].addr;
-            let text = up.addr_text.get(i).map(String::as_str).unwrap_or_default();
-            ctx.summary.upstream = nginx_upstream(addr, text);
-            ctx.summary.next_hop.clear();
-            ctx.summary.next_hop.push_str(text);
+            if let (Some(name), Some(hop)) = (up.fastcgi_names.get(i), up.addr_text.get(i)) {
+                ctx.summary.upstream = name.clone();
+                ctx.summary.next_hop = hop.clone();
+            }
 
             let t0 = Instant::now();
             let mut reused = false;

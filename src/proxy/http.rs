@@ -452,8 +452,8 @@ pub async fn upstream_peer(ctx: &mut ReqCtx) -> Result<Box<HttpPeer>> {
             return Err(internal("server index out of range"));
         };
         let addr = server.addr.clone();
-        ctx.summary.upstream = nginx_upstream(st.hp.tls, &addr, &st.uri);
-        ctx.summary.next_hop = addr.to_string();
+        ctx.summary.upstream = nginx_upstream(st.hp.tls, &addr, &st.uri).into();
+        ctx.summary.next_hop = addr.to_string().into();
         st.header_received = false;
         st.tap = None;
         st.reused = false;

@@ -56,6 +56,8 @@ pub struct Runtime {
     pub errlog: ErrorLog,
     /// Each server's own error log, if it has one.
     server_errlogs: Vec<Option<Arc<ErrorLog>>>,
+    /// Each server's first name, as log lines show it (shared per request).
+    server_log_names: Vec<Arc<str>>,
     /// The access logs, resolved per server and location.
     pub access: access::AccessLogs,
     conns: AtomicU64,
@@ -77,6 +79,11 @@ impl Runtime {
         let errlog =
             ErrorLog::open_targets([(lg.error_log.as_deref(), lg.error_level)], &mut sinks)?;
         let server_errlogs = access::server_error_logs(&config, &mut sinks)?;
+        let server_log_names = config
+            .servers
+            .iter()
+            .map(|s| Arc::from(s.names.first().map_or("", String::as_str)))
+            .collect();
         let access = access::AccessLogs::new(&config)?;
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_string())
@@ -106,6 +113,7 @@ impl Runtime {
             upstreams,
             errlog,
             server_errlogs,
+            server_log_names,
             access,
             conns: AtomicU64::new(0),
             hostname,
@@ -398,23 +406,23 @@ impl Why502 {
         let client = session.client_addr().map(|a| a.ip());
         s.client = client;
         s.client_addr = client.map(vars::ip_text).unwrap_or_else(|| "unix:".into());
-        s.method = req.method.as_str().to_string();
-        s.uri = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
+        s.method = req.method.clone();
+        s.target = req.uri.path_and_query().cloned();
         s.protocol = match req.version {
             http::Version::HTTP_10 => "HTTP/1.0",
             http::Version::HTTP_2 => "HTTP/2.0",
             _ => "HTTP/1.1",
         };
-        s.host = req
+        s.host_value = req
             .headers
             .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()));
+            .filter(|v| v.to_str().is_ok())
+            .cloned()
+            .or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
         ctx.start = Some(Instant::now());
         self.rt
             .access
@@ -449,14 +457,14 @@ impl Why502 {
                 &all
             }
         };
-        let found = rt
-            .listens
-            .select_server_index(cands, ctx.summary.host.as_deref());
+        let found = rt.listens.select_server_index(cands, ctx.summary.host());
         let Some((si, server)) = found.and_then(|i| rt.config.servers.get(i).map(|s| (i, s)))
         else {
             return self.respond_status(session, ctx, 404).await;
         };
-        ctx.summary.server_name = server.names.first().cloned().unwrap_or_default();
+        if let Some(n) = rt.server_log_names.get(si) {
+            ctx.summary.server_name = n.clone();
+        }
         session.limit_requests(server.keepalive_requests);
         session.set_idle_timeout(server.keepalive_timeout);
         rt.access.enter_server(ctx, si);
@@ -562,7 +570,7 @@ impl Why502 {
                         &st.uri,
                         st.args.as_deref(),
                         root,
-                        st.captures.clone(),
+                        &st.captures,
                         loc.fastcgi.as_deref(),
                     );
                     let headers = route::location_headers(loc, &vars);
@@ -623,7 +631,7 @@ impl Why502 {
                         &st.uri,
                         st.args.as_deref(),
                         root,
-                        st.captures.clone(),
+                        &st.captures,
                         None,
                     );
                     let text = r.text.as_ref().map(|t| t.eval(&vars));
@@ -649,7 +657,7 @@ impl Why502 {
                         &st.uri,
                         st.args.as_deref(),
                         root,
-                        st.captures.clone(),
+                        &st.captures,
                         loc.fastcgi.as_deref(),
                     );
                     let tried = route::try_files(tf, root, loc, &vars);
@@ -675,23 +683,13 @@ impl Why502 {
                     }
                 }
                 // content phase
-                let uri = st.uri.clone();
-                let args = st.args.clone();
-                let captures = st.captures.clone();
+                let uri = st.uri.as_str();
+                let args = st.args.as_deref();
+                let captures = st.captures.as_slice();
                 if let Some(hp) = &loc.proxy {
-                    let vars = ReqVars::new(
-                        rt,
-                        session,
-                        ctx,
-                        server,
-                        &uri,
-                        args.as_deref(),
-                        root,
-                        captures,
-                        None,
-                    );
-                    let prepared =
-                        http_proxy::prepare(self, session, hp, loc, &vars, &uri, args.as_deref());
+                    let vars =
+                        ReqVars::new(rt, session, ctx, server, uri, args, root, captures, None);
+                    let prepared = http_proxy::prepare(self, session, hp, loc, &vars, uri, args);
                     drop(vars);
                     return match prepared {
                         Ok(st) => {
@@ -738,8 +736,8 @@ impl Why502 {
                             session,
                             ctx,
                             server,
-                            &uri,
-                            args.as_deref(),
+                            uri,
+                            args,
                             root,
                             captures,
                             Some(fc),
@@ -748,21 +746,11 @@ impl Why502 {
                     };
                     return fastcgi::serve(self, session, ctx, server, fc, params, buffered).await;
                 }
-                let vars = ReqVars::new(
-                    rt,
-                    session,
-                    ctx,
-                    server,
-                    &uri,
-                    args.as_deref(),
-                    root,
-                    captures,
-                    None,
-                );
+                let vars = ReqVars::new(rt, session, ctx, server, uri, args, root, captures, None);
                 // static: the index module for directories
                 if uri.ends_with('/') {
                     let index = loc.index.as_ref().unwrap_or(&server.index);
-                    let dir = route::file_path(root, loc, &uri, &vars);
+                    let dir = route::file_path(root, loc, uri, &vars);
                     let mut found = None;
                     for name in index {
                         if name.starts_with('/') || dir.join(name).is_file() {
@@ -788,10 +776,10 @@ impl Why502 {
                         None => break 'status if dir.is_dir() { 403 } else { 404 },
                     }
                 }
-                let path = route::file_path(root, loc, &uri, &vars);
+                let path = route::file_path(root, loc, uri, &vars);
                 drop(vars);
                 let opts = static_files::StaticOpts {
-                    content_type: route::content_type(loc, &uri, &path),
+                    content_type: route::content_type(loc, uri, &path),
                     status: st.status_override,
                 };
                 match static_files::serve(self, session, ctx, &path, &opts).await? {
@@ -808,7 +796,7 @@ impl Why502 {
                         let local = session.server_addr();
                         // nginx escapes the path (bytes that are not
                         // UTF-8, spaces, `%`, `?`...).
-                        let path = http_proxy::escape_uri(&uri);
+                        let path = http_proxy::escape_uri(uri);
                         let l = match &args {
                             Some(a) if !a.is_empty() => format!("{path}/?{a}"),
                             _ => format!("{path}/"),
@@ -834,7 +822,7 @@ impl Why502 {
                         &st.uri,
                         st.args.as_deref(),
                         &root,
-                        st.captures.clone(),
+                        &st.captures,
                         None,
                     );
                     let action = route::error_page(loc, code, &vars);
@@ -908,7 +896,7 @@ impl Why502 {
                         &s.uri,
                         s.args.as_deref(),
                         root,
-                        s.captures.clone(),
+                        &s.captures,
                         fc,
                     );
                     t.eval(&vars)

@@ -356,12 +356,14 @@ fn find_level<'a>(
                 };
                 if let Some(captures) = captures {
                     *current = Some(Matched { loc: l, captures });
-                    let caps = current.as_ref().map(|m| m.captures.clone());
-                    find_level(&l.locations, uri, current);
-                    // nested locations of a regex keep the regex's captures
-                    if let (Some(m), Some(c)) = (current.as_mut(), caps) {
-                        if m.captures.is_empty() {
-                            m.captures = c;
+                    if !l.locations.is_empty() {
+                        let caps = current.as_ref().map(|m| m.captures.clone());
+                        find_level(&l.locations, uri, current);
+                        // nested locations of a regex keep the regex's captures
+                        if let (Some(m), Some(c)) = (current.as_mut(), caps) {
+                            if m.captures.is_empty() {
+                                m.captures = c;
+                            }
                         }
                     }
                     return Found::Final;
