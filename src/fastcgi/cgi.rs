@@ -55,8 +55,8 @@ pub struct CgiHead {
     /// (nginx then sends "302 Moved Temporarily" / "200 OK").
     pub reason: Option<String>,
     /// Headers in order, duplicates kept, names as sent, without `Status`.
-    /// Values are slices of the received bytes, trimmed.
-    pub headers: Vec<(String, Bytes)>,
+    /// Names and values are slices of the received bytes (values trimmed).
+    pub headers: Vec<(Bytes, Bytes)>,
     pub status_from: StatusSource,
 }
 
@@ -71,7 +71,7 @@ impl fmt::Debug for CgiHead {
                 &self
                     .headers
                     .iter()
-                    .map(|(n, _)| n.as_str())
+                    .map(|(n, _)| String::from_utf8_lossy(n))
                     .collect::<Vec<_>>(),
             )
             .field("status_from", &self.status_from)
@@ -213,7 +213,8 @@ struct Scanner {
     name_end: usize,
     value_start: usize,
     value_end: usize,
-    lines: Vec<LineSpan>,
+    /// On the stack for the usual handful of header lines.
+    lines: smallvec::SmallVec<[LineSpan; 8]>,
 }
 
 impl Scanner {
@@ -372,7 +373,7 @@ fn build_head(block: &Bytes, lines: &[LineSpan]) -> Result<CgiHead, CgiError> {
     let mut location = false;
     let mut headers = Vec::with_capacity(lines.len());
     for l in lines {
-        let name = &block[l.name.0..l.name.1];
+        let name = block.slice(l.name.0..l.name.1);
         let value = block.slice(l.value.0..l.value.1);
         if name.eq_ignore_ascii_case(b"status") {
             if status.is_none() {
@@ -383,7 +384,7 @@ fn build_head(block: &Bytes, lines: &[LineSpan]) -> Result<CgiHead, CgiError> {
         if name.eq_ignore_ascii_case(b"location") {
             location = true;
         }
-        headers.push((String::from_utf8_lossy(name).into_owned(), value));
+        headers.push((name, value));
     }
     let (status, reason, status_from) = match status {
         Some((code, reason)) => (code, reason, StatusSource::Explicit),
@@ -480,7 +481,7 @@ impl CgiHeaderParser {
                 name_end: 0,
                 value_start: 0,
                 value_end: 0,
-                lines: Vec::new(),
+                lines: smallvec::SmallVec::new(),
             },
             first_checked: false,
             output_start: None,

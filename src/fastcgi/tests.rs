@@ -613,7 +613,7 @@ fn cgi_run_opt(
         let headers = head
             .headers
             .iter()
-            .map(|(n, v)| (n.clone(), v.to_vec()))
+            .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
             .collect();
         (
             head.status,
@@ -873,7 +873,10 @@ fn decoder_feeds_cgi_parser() {
     assert_eq!(head.status, 404);
     assert_eq!(
         head.headers,
-        vec![("Content-Type".to_string(), Bytes::from_static(b"text/html"))]
+        vec![(
+            Bytes::from_static(b"Content-Type"),
+            Bytes::from_static(b"text/html")
+        )]
     );
     assert_eq!(&body[..], b"<h1>404</h1>");
 }

@@ -231,7 +231,7 @@ pub async fn serve<S: Downstream>(
                 body_sent: 0,
                 head_only: session.req_header().method == http::Method::HEAD,
                 buffered: buffered.as_deref(),
-                pending: Vec::new(),
+                pending: smallvec::SmallVec::new(),
                 head: None,
                 needs_framing: false,
             };
@@ -313,7 +313,7 @@ struct Exchange<'a> {
     /// [`read_whole_body`]); sent from here instead of the client.
     buffered: Option<&'a [Bytes]>,
     /// Body data decoded from one read, written to the client as one piece.
-    pending: Vec<Bytes>,
+    pending: smallvec::SmallVec<[Bytes; 4]>,
     /// The response header, decided but not yet written: it goes out with
     /// the body data of the same upstream read (see [`Exchange::flush_head`]).
     head: Option<PendingHead>,
@@ -813,9 +813,9 @@ impl Exchange<'_> {
         let diag = &self.p.rt.config.diagnostics;
         let titled = self.p.titles_all_names(session, ctx)
             && head.headers.iter().all(|(n, _)| {
-                n.eq_ignore_ascii_case("content-type")
-                    || n.eq_ignore_ascii_case("content-length")
-                    || crate::h1::writes_as_sent(n.as_bytes())
+                n.eq_ignore_ascii_case(b"content-type")
+                    || n.eq_ignore_ascii_case(b"content-length")
+                    || crate::h1::writes_as_sent(n)
             });
         let mut cased = if titled {
             None
@@ -828,10 +828,10 @@ impl Exchange<'_> {
         let mut map =
             http::HeaderMap::with_capacity(if titled { head.headers.len() + 8 } else { 0 });
         for (name, value) in head.headers {
-            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
             if name
                 .get(..8)
-                .is_some_and(|p| p.eq_ignore_ascii_case("x-accel-"))
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"x-accel-"))
                 || is("status")
                 || is("connection")
                 || is("keep-alive")
@@ -840,7 +840,7 @@ impl Exchange<'_> {
                     .fc
                     .hide_headers
                     .iter()
-                    .any(|x| x.eq_ignore_ascii_case(&name))
+                    .any(|x| x.as_bytes().eq_ignore_ascii_case(&name))
             {
                 continue;
             }
@@ -878,13 +878,13 @@ impl Exchange<'_> {
                 Some(h) => {
                     let _ = match canonical {
                         Some(n) => h.append_header(n, hv),
-                        None => h.append_header(name, hv),
+                        None => h.append_header(String::from_utf8_lossy(&name).into_owned(), hv),
                     };
                 }
                 None => {
                     let n = match canonical {
                         Some(n) => n,
-                        None => match http::HeaderName::from_bytes(name.as_bytes()) {
+                        None => match http::HeaderName::from_bytes(&name) {
                             Ok(n) => n,
                             Err(_) => continue,
                         },

@@ -230,6 +230,10 @@ impl ListenMap {
     /// order: exact name, longest leading wildcard, trailing wildcard,
     /// first matching regex, else the first candidate: the default).
     pub fn select_server_index(&self, candidates: &[usize], host: Option<&str>) -> Option<usize> {
+        // The only server of an address is chosen whatever the Host.
+        if let [only] = candidates {
+            return self.names.get(*only).map(|_| *only);
+        }
         let cands = || {
             candidates
                 .iter()
