@@ -449,6 +449,75 @@ pub async fn connect(addr: &Addr, timeout: Duration) -> Result<Conn, Failure> {
     }
 }
 
+/// A FastCGI connection just made (see [`dial`]).
+pub enum Dialed {
+    /// A unix socket that connected at once, not yet registered with the
+    /// reactor.
+    Unix(std::os::unix::net::UnixStream),
+    /// A connection ready for I/O through tokio.
+    Conn(Conn),
+}
+
+/// Connects like [`connect`], except that a unix socket is connected
+/// without tokio.
+///
+/// tokio's `UnixStream::connect` waits for the reactor to report the new
+/// socket writable before it returns. That costs a turn of the event loop
+/// and a second poll of the request's task per connection (with
+/// `fastcgi_keep_conn off`, per request), although a unix socket's connect
+/// either succeeds at once or fails at once: `EAGAIN` when the listen
+/// backlog is full, which nginx reports as a failure too. nginx writes the
+/// request right after a connect that succeeded; [`Dialed::register`] does
+/// the same.
+pub async fn dial(addr: &Addr, timeout: Duration) -> Result<Dialed, Failure> {
+    if let Addr::Unix(p) = addr {
+        match connect_unix_now(p) {
+            Ok(s) => return Ok(Dialed::Unix(s)),
+            // Not seen for unix sockets on Linux; tokio's connect waits
+            // for it.
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(connect_failure(addr, &e)),
+        }
+    }
+    connect(addr, timeout).await.map(Dialed::Conn)
+}
+
+/// A nonblocking `socket` and `connect` (the errors are the connect's, as
+/// with tokio's).
+fn connect_unix_now(p: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    s.connect(&SockAddr::unix(p)?)?;
+    Ok(s.into())
+}
+
+impl Dialed {
+    /// Hands the connection to tokio. A unix socket just connected is
+    /// first written what it takes of `first` (the request's first bytes)
+    /// with one `write`: the second result is how many bytes that was, or
+    /// the write's error. The outer error is the registration's.
+    pub fn register(self, first: &[u8]) -> io::Result<(Conn, io::Result<usize>)> {
+        match self {
+            Dialed::Conn(c) => Ok((c, Ok(0))),
+            Dialed::Unix(s) => {
+                use std::io::Write;
+                let sent = match (&s).write(first) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) =>
+                    {
+                        Ok(0)
+                    }
+                    r => r,
+                };
+                Ok((Conn::Unix(UnixStream::from_std(s)?), sent))
+            }
+        }
+    }
+}
+
 /// Per-server run-time state.
 struct ServerState {
     current_weight: i64,

@@ -3,6 +3,8 @@
 
 use std::borrow::Cow;
 
+use bytes::BytesMut;
+
 /// A variable reference. Unknown names are rejected when the config is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Var {
@@ -109,10 +111,11 @@ pub struct Template {
 /// Supplies variable values for one request.
 pub trait Vars {
     fn var(&self, v: &Var) -> Cow<'_, str>;
-    /// Appends the variable's value to `out` (what [`Vars::var`] gives,
-    /// without a `String` of its own where the value is made here).
-    fn append(&self, v: &Var, out: &mut String) {
-        out.push_str(&self.var(v));
+    /// Appends the variable's value to `out` as bytes (what [`Vars::var`]
+    /// gives, without a `String` of its own where the value is made here):
+    /// FastCGI params are written this way, straight into the record.
+    fn append(&self, v: &Var, out: &mut BytesMut) {
+        out.extend_from_slice(self.var(v).as_bytes());
     }
     /// Values may carry bytes that are not UTF-8 (see
     /// [`rawtext`](crate::proxy::rawtext)): a request whose path or
@@ -207,11 +210,11 @@ impl Template {
         }
     }
 
-    /// Appends the value to `out` (no allocation of its own).
-    pub fn eval_into(&self, vars: &dyn Vars, out: &mut String) {
+    /// Appends the value to `out` as bytes (no allocation of its own).
+    pub fn eval_into(&self, vars: &dyn Vars, out: &mut BytesMut) {
         for p in &self.pieces {
             match p {
-                Piece::Lit(s) => out.push_str(s),
+                Piece::Lit(s) => out.extend_from_slice(s.as_bytes()),
                 Piece::Var(v) => vars.append(v, out),
             }
         }

@@ -84,6 +84,64 @@ pub fn encode_pair(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(value);
 }
 
+/// Where a pair begun with [`start_pair`] keeps its value length.
+#[derive(Clone, Copy, Debug)]
+pub struct PairMark {
+    /// Offset of the pair's first byte (for [`cancel_pair`]).
+    start: usize,
+    /// Offset of the value length, written as one byte until the value is
+    /// known.
+    len_at: usize,
+    /// Offset of the value's first byte.
+    value_at: usize,
+}
+
+/// Starts a pair whose value the caller then appends to `dst` itself (so a
+/// value made from variables is written once, in place, not built
+/// elsewhere and copied); [`finish_pair`] writes its length.
+pub fn start_pair(dst: &mut BytesMut, name: &[u8]) -> PairMark {
+    let name = &name[..name.len().min(MAX_PAIR_LEN)];
+    let start = dst.len();
+    put_length(dst, name.len());
+    let len_at = dst.len();
+    dst.put_u8(0);
+    dst.extend_from_slice(name);
+    PairMark {
+        start,
+        len_at,
+        value_at: dst.len(),
+    }
+}
+
+/// Ends a pair begun with [`start_pair`]: what was appended since is its
+/// value. A value of 128 bytes or more takes the four-byte length (the bytes
+/// after the length move up by three); one longer than [`MAX_PAIR_LEN`] is
+/// cut there, as in [`encode_pair`].
+pub fn finish_pair(dst: &mut BytesMut, mark: PairMark) {
+    let len = dst.len() - mark.value_at;
+    if len < 128 {
+        dst[mark.len_at] = len as u8;
+        return;
+    }
+    let len = len.min(MAX_PAIR_LEN);
+    dst.truncate(mark.value_at + len);
+    let end = dst.len();
+    dst.extend_from_slice(&[0; 3]);
+    dst.copy_within(mark.len_at + 1..end, mark.len_at + 4);
+    dst[mark.len_at..mark.len_at + 4].copy_from_slice(&(len as u32 | 0x8000_0000).to_be_bytes());
+}
+
+/// The length of the value appended since [`start_pair`].
+pub fn value_len(dst: &BytesMut, mark: PairMark) -> usize {
+    dst.len() - mark.value_at
+}
+
+/// Takes back a pair begun with [`start_pair`] (a param sent only if not
+/// empty).
+pub fn cancel_pair(dst: &mut BytesMut, mark: PairMark) {
+    dst.truncate(mark.start);
+}
+
 fn read_length(src: &[u8], pos: &mut usize) -> Result<usize, ParamsError> {
     let offset = *pos;
     let first = *src

@@ -292,6 +292,36 @@ pub fn encode_params(dst: &mut BytesMut, request_id: u16, params: &[u8]) {
     encode_record(dst, RecordType::Params, request_id, &[]);
 }
 
+/// Starts a PARAMS stream whose pairs the caller appends to `dst` in place
+/// (see [`crate::fastcgi::params::start_pair`]): reserves the first record's
+/// header and returns its offset for [`finish_params`]. This saves building
+/// the pairs in a buffer of their own and copying them into records.
+pub fn start_params(dst: &mut BytesMut) -> usize {
+    let at = dst.len();
+    dst.extend_from_slice(&[0; HEADER_LEN]);
+    at
+}
+
+/// Ends a PARAMS stream begun with [`start_params`] at `at`: everything
+/// appended since is the stream's content. Writes the record header and
+/// padding, and the empty record that ends the stream; content longer than
+/// [`MAX_PARAMS_CHUNK`] is split into records as [`encode_params`] does.
+pub fn finish_params(dst: &mut BytesMut, request_id: u16, at: usize) {
+    let len = dst.len() - at - HEADER_LEN;
+    if len == 0 || len > MAX_PARAMS_CHUNK {
+        // No params: only the empty record that ends the stream (an empty
+        // record first would end it). Over one record: split.
+        let params = dst.split_off(at + HEADER_LEN);
+        dst.truncate(at);
+        encode_params(dst, request_id, &params);
+        return;
+    }
+    let header = Header::new(RecordType::Params, request_id, len as u16);
+    dst[at..at + HEADER_LEN].copy_from_slice(&header.to_bytes());
+    dst.put_slice(&PADDING[..header.padding_length as usize]);
+    encode_record(dst, RecordType::Params, request_id, &[]);
+}
+
 /// Appends `data` as STDIN records of at most [`MAX_STDIN_CHUNK`] bytes,
 /// each padded to a multiple of 8, as nginx does. Empty `data` writes
 /// nothing (an empty STDIN record would end the stream: that is

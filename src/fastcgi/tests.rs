@@ -563,6 +563,53 @@ fn params_short_and_long_lengths() {
 }
 
 #[test]
+fn params_written_in_place_match_encode_pair() {
+    use super::params::{cancel_pair, finish_pair, start_pair, value_len};
+    let long_name = vec![b'N'; 128];
+    let cases: [(&[u8], Vec<u8>); 7] = [
+        (b"SCRIPT_FILENAME", b"/var/www/index.php".to_vec()),
+        (b"EMPTY", Vec::new()),
+        (b"V127", vec![b'v'; 127]),
+        (b"V128", vec![b'v'; 128]),
+        (b"V70000", vec![b'v'; 70_000]),
+        (&long_name, b"x".to_vec()),
+        (&long_name, vec![b'w'; 300]),
+    ];
+    let mut want = BytesMut::new();
+    let mut got = BytesMut::from(&b"before"[..]);
+    want.extend_from_slice(b"before");
+    for (name, value) in &cases {
+        encode_pair(&mut want, name, value);
+        let mark = start_pair(&mut got, name);
+        // The value comes in pieces, as a template's do.
+        for piece in value.chunks(100) {
+            got.extend_from_slice(piece);
+        }
+        assert_eq!(value_len(&got, mark), value.len());
+        finish_pair(&mut got, mark);
+        // A pair taken back leaves nothing.
+        let mark = start_pair(&mut got, b"HTTPS");
+        got.extend_from_slice(b"on");
+        cancel_pair(&mut got, mark);
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
+fn params_finished_in_place_match_encode_params() {
+    for len in [0usize, 5, 8, 65528, 65529, 200_000] {
+        let params: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        let mut want = BytesMut::from(&b"begin"[..]);
+        encode_params(&mut want, 1, &params);
+        let mut got = BytesMut::from(&b"begin"[..]);
+        let at = start_params(&mut got);
+        got.extend_from_slice(&params);
+        finish_params(&mut got, 1, at);
+        assert_eq!(got, want, "{len} bytes of params");
+    }
+}
+
+#[test]
 fn params_truncated() {
     assert_eq!(
         decode_pairs(&[0x80, 0]),

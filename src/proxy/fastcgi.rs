@@ -3,6 +3,7 @@
 //! the exchange can fail. The wire format is [`crate::fastcgi`]; this file is
 //! the I/O, the timeouts and the mapping of each failure onto a [`Cause`].
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -15,11 +16,11 @@ use crate::config::template::Vars;
 use crate::config::{FastCgi, Server};
 use crate::fastcgi::cgi::{CgiError, CgiHead, CgiHeaderParser};
 use crate::fastcgi::decoder::{Frame, FramingError, PeerGuess, ResponseDecoder};
-use crate::fastcgi::params::encode_pair;
+use crate::fastcgi::params::{self, encode_pair};
 use crate::fastcgi::record::{self, ProtocolStatus};
 use crate::report::{self, Failure};
 use crate::stderr::{self, StderrDiagnosis};
-use crate::upstream::{self, Conn, Pick};
+use crate::upstream::{self, Conn, Dialed, Pick};
 
 use super::downstream::{self, Downstream, UpstreamTimer};
 use super::{Abort, ReqCtx, Why502};
@@ -28,37 +29,38 @@ use super::{Abort, ReqCtx, Why502};
 const REQUEST_ID: u16 = 1;
 /// Bytes of stderr kept for the report.
 const STDERR_KEEP: usize = 2048;
+/// First capacity of the buffer for BEGIN_REQUEST and PARAMS: nginx's
+/// default params and a browser's headers fit.
+const PRELUDE_CAPACITY: usize = 2048;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 32 * 1024;
 
-/// Encodes the params for a request: configured params in order, then the
-/// request headers as `HTTP_*` (nginx's `fastcgi_pass_request_headers`).
-pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> BytesMut {
-    let mut p = BytesMut::with_capacity(1024);
-    // Values are made in one reused buffer, not a `String` each.
-    let mut value = String::with_capacity(256);
+/// Appends the params for a request to `p`: configured params in order, then
+/// the request headers as `HTTP_*` (nginx's `fastcgi_pass_request_headers`).
+/// Every value is written once, in place (see
+/// [`params::start_pair`](crate::fastcgi::params::start_pair)).
+pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader, p: &mut BytesMut) {
     // A path or arguments that are not UTF-8 go to PHP as their bytes.
     let carried = vars.carried();
     for param in &fc.params {
-        let v = match param.value.as_literal() {
-            Some(v) => v,
-            None => {
-                value.clear();
-                param.value.eval_into(vars, &mut value);
-                &value
-            }
-        };
-        if param.if_not_empty && v.is_empty() {
+        let mark = params::start_pair(p, param.name.as_bytes());
+        param.value.eval_into(vars, p);
+        let len = params::value_len(p, mark);
+        if param.if_not_empty && len == 0 {
+            params::cancel_pair(p, mark);
             continue;
         }
         if carried {
-            encode_pair(&mut p, param.name.as_bytes(), &super::rawtext::to_bytes(v));
-        } else {
-            encode_pair(&mut p, param.name.as_bytes(), v.as_bytes());
+            let at = p.len() - len;
+            if let Cow::Owned(b) = super::rawtext::bytes_of(&p[at..]) {
+                p.truncate(at);
+                p.extend_from_slice(&b);
+            }
         }
+        params::finish_pair(p, mark);
     }
     if !fc.pass_request_headers {
-        return p;
+        return;
     }
     let mut name = Vec::with_capacity(64);
     let mut joined = Vec::new();
@@ -100,9 +102,8 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader) -> Bytes
         if any_configured && fc.params.iter().any(|p| p.name.as_bytes() == &name[..]) {
             continue;
         }
-        encode_pair(&mut p, &name, value);
+        encode_pair(p, &name, value);
     }
-    p
 }
 
 /// How one attempt against one server ended.
@@ -124,7 +125,7 @@ pub async fn serve<S: Downstream>(
     ctx: &mut ReqCtx,
     server: &Server,
     fc: &FastCgi,
-    params: impl FnOnce(&S, &ReqCtx) -> BytesMut,
+    params: impl FnOnce(&S, &ReqCtx, &mut BytesMut),
     buffered: Option<Vec<Bytes>>,
 ) -> Result<(), Abort> {
     // The connection's timer, if it lends one, goes back on every return.
@@ -185,16 +186,16 @@ pub async fn serve<S: Downstream>(
             // kept one that PHP closes just then (a worker at
             // pm.max_requests) could not be sent the body again.
             let streams_body = has_body && buffered.is_none();
-            let mut conn = match (fc.keep_conn && !force_fresh && !streams_body)
+            let dialed = match (fc.keep_conn && !force_fresh && !streams_body)
                 .then(|| up.take_idle(i))
                 .flatten()
             {
                 Some(c) => {
                     reused = true;
-                    c
+                    Dialed::Conn(c)
                 }
-                None => match upstream::connect(addr, fc.connect_timeout).await {
-                    Ok(c) => c,
+                None => match upstream::dial(addr, fc.connect_timeout).await {
+                    Ok(d) => d,
                     Err(f) => {
                         up.failed(i, &f.nginx_message);
                         last = Some(f);
@@ -205,15 +206,27 @@ pub async fn serve<S: Downstream>(
             force_fresh = false;
             ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             if let Some(build) = params.take() {
-                let params = build(session, ctx);
-                let mut p = BytesMut::with_capacity(params.len() + 64);
+                let mut p = BytesMut::with_capacity(PRELUDE_CAPACITY);
                 record::encode_begin_request(&mut p, REQUEST_ID, record::RESPONDER, fc.keep_conn);
-                record::encode_params(&mut p, REQUEST_ID, &params);
+                let at = record::start_params(&mut p);
+                build(session, ctx, &mut p);
+                record::finish_params(&mut p, REQUEST_ID, at);
                 if !has_body {
                     record::encode_stdin_end(&mut p, REQUEST_ID);
                 }
                 prelude = p.freeze();
             }
+            // A unix socket that connected at once is written the request
+            // before tokio has it (see `upstream::dial`).
+            let (mut conn, presend) = match dialed.register(&prelude) {
+                Ok(r) => r,
+                Err(e) => {
+                    let f = upstream::connect_failure(addr, &e);
+                    up.failed(i, &f.nginx_message);
+                    last = Some(f);
+                    continue;
+                }
+            };
 
             let mut ex = Exchange {
                 p,
@@ -222,6 +235,7 @@ pub async fn serve<S: Downstream>(
                 conn: &mut conn,
                 timer: &mut *timer,
                 reused,
+                presend: Some(presend),
                 body_consumed: false,
                 diag: None,
                 stderr: String::new(),
@@ -299,6 +313,9 @@ struct Exchange<'a> {
     /// The connection's timer for the response waits, if it keeps one.
     timer: &'a mut Option<UpstreamTimer>,
     reused: bool,
+    /// What [`Dialed::register`] wrote of the request before tokio had the
+    /// connection: bytes, or the write's error.
+    presend: Option<std::io::Result<usize>>,
     /// Body read from the client and sent: a retry could not send it
     /// again (a body read whole first can be).
     body_consumed: bool,
@@ -419,21 +436,29 @@ impl Exchange<'_> {
     ) -> Attempt {
         let fc = self.fc;
         // ---- send ----
-        match tokio::time::timeout(fc.send_timeout, self.conn.write_all(prelude)).await {
-            Err(_) => {
-                return self.fail(
-                    ctx,
-                    upstream::timeout_failure(Cause::SendTimeout, "while sending the request"),
-                    true,
-                )
-            }
-            Ok(Err(e)) => {
-                if self.reused {
-                    return Attempt::StaleReused;
+        let sent = match self.presend.take() {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return self.fail(ctx, send_failure(&e), true),
+            None => 0,
+        };
+        let rest = prelude.get(sent..).unwrap_or_default();
+        if !rest.is_empty() {
+            match tokio::time::timeout(fc.send_timeout, self.conn.write_all(rest)).await {
+                Err(_) => {
+                    return self.fail(
+                        ctx,
+                        upstream::timeout_failure(Cause::SendTimeout, "while sending the request"),
+                        true,
+                    )
                 }
-                return self.fail(ctx, send_failure(&e), true);
+                Ok(Err(e)) => {
+                    if self.reused {
+                        return Attempt::StaleReused;
+                    }
+                    return self.fail(ctx, send_failure(&e), true);
+                }
+                Ok(Ok(())) => {}
             }
-            Ok(Ok(())) => {}
         }
         if has_body {
             if let Some(a) = self.send_body(session, ctx).await {
@@ -1227,7 +1252,8 @@ mod tests {
             let (n, v) = line.split_once(": ").expect("header line");
             req.append_header(n.to_string(), v).expect("header");
         }
-        let p = build_params(fc, &NoVars, &req);
+        let mut p = BytesMut::new();
+        build_params(fc, &NoVars, &req, &mut p);
         decode_pairs(&p)
             .expect("well-formed params")
             .into_iter()

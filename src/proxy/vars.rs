@@ -4,6 +4,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
+use bytes::BytesMut;
+
 use crate::config::template::{Var, Vars};
 use crate::config::{FastCgi, Server};
 
@@ -144,26 +146,7 @@ pub fn ip_text(ip: std::net::IpAddr) -> String {
 pub fn push_ip(s: &mut String, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            // Written into a stack buffer and appended once: pushing each
-            // octet and dot was a dozen small copies per request.
-            let mut buf = [0u8; 15];
-            let mut n = 0;
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[n] = b'.';
-                    n += 1;
-                }
-                if o >= 100 {
-                    buf[n] = b'0' + o / 100;
-                    n += 1;
-                }
-                if o >= 10 {
-                    buf[n] = b'0' + o / 10 % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + o % 10;
-                n += 1;
-            }
+            let (buf, n) = v4_text(v4);
             if let Ok(t) = std::str::from_utf8(&buf[..n]) {
                 s.push_str(t);
             }
@@ -173,6 +156,41 @@ pub fn push_ip(s: &mut String, ip: std::net::IpAddr) {
             let _ = write!(s, "{v6}");
         }
     }
+}
+
+/// Appends an IP address as text, as bytes (a FastCGI param).
+fn put_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let (buf, n) = v4_text(v4);
+            out.extend_from_slice(&buf[..n]);
+        }
+        v6 => out.extend_from_slice(v6.to_string().as_bytes()),
+    }
+}
+
+/// An IPv4 address as text in a stack buffer (the first `n` bytes): pushing
+/// each octet and dot was a dozen small copies per request.
+fn v4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    (buf, n)
 }
 
 /// A port (or any u16) as text.
@@ -300,14 +318,17 @@ impl Vars for ReqVars<'_> {
         self.carried
     }
 
-    fn append(&self, v: &Var, out: &mut String) {
+    fn append(&self, v: &Var, out: &mut BytesMut) {
         use Var::*;
+        let port = |out: &mut BytesMut, n: u16| {
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+        };
         match v {
-            RemoteAddr => self.client.iter().for_each(|a| push_ip(out, a.ip())),
-            RemotePort => self.client.iter().for_each(|a| push_u16(out, a.port())),
-            ServerAddr => self.local.iter().for_each(|a| push_ip(out, a.ip())),
-            ServerPort => self.local.iter().for_each(|a| push_u16(out, a.port())),
-            v => out.push_str(&self.var(v)),
+            RemoteAddr => self.client.iter().for_each(|a| put_ip(out, a.ip())),
+            RemotePort => self.client.iter().for_each(|a| port(out, a.port())),
+            ServerAddr => self.local.iter().for_each(|a| put_ip(out, a.ip())),
+            ServerPort => self.local.iter().for_each(|a| port(out, a.port())),
+            v => out.extend_from_slice(self.var(v).as_bytes()),
         }
     }
 }
@@ -328,6 +349,9 @@ mod tests {
         ] {
             let ip: std::net::IpAddr = ip.parse().expect("test address");
             assert_eq!(ip_text(ip), ip.to_string());
+            let mut b = BytesMut::new();
+            put_ip(&mut b, ip);
+            assert_eq!(b, ip.to_string().as_bytes());
         }
         // Every octet value (one, two and three digits) in every place.
         for o in 0..=255u8 {
@@ -338,6 +362,9 @@ mod tests {
                 let mut s = String::from("x");
                 push_ip(&mut s, ip);
                 assert_eq!(s, format!("x{ip}"));
+                let mut b = BytesMut::from(&b"x"[..]);
+                put_ip(&mut b, ip);
+                assert_eq!(b, format!("x{ip}").as_bytes());
             }
         }
         for n in [0u16, 7, 10, 99, 100, 8080, 65535] {
