@@ -875,13 +875,16 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
         } else {
             s.keepalive_timeout
         };
-        let until = tokio::time::Instant::now() + wait;
+        // One clock read per wait (each is a vDSO call): the first step
+        // reuses it.
+        let mut now = tokio::time::Instant::now();
+        let until = now + wait;
         // Waits in steps of a second at most, to see a shutdown (cheaper
         // per request than registering with a shutdown signal). A waiting
         // connection holds no buffer (nginx frees it too): one is taken
         // when data arrives.
         loop {
-            let step_end = until.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            let step_end = until.min(now + Duration::from_secs(1));
             let idle = s
                 .idle
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(step_end)));
@@ -895,7 +898,8 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
                 Some(Ok(())) => {}
                 Some(Err(_)) => return Err(Refuse::Close),
                 None => {
-                    if STOPPING.load(Ordering::Relaxed) || tokio::time::Instant::now() >= until {
+                    now = tokio::time::Instant::now();
+                    if STOPPING.load(Ordering::Relaxed) || now >= until {
                         return Err(Refuse::Close);
                     }
                     continue;
@@ -916,12 +920,15 @@ async fn read_request(s: &mut H1Session, first: bool) -> std::result::Result<(),
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+    // Set when the header does not come whole in the first read (most
+    // do): a clock read saved per request.
+    let mut deadline = None;
     loop {
         if let Some(done) = parse_request(s) {
             return done;
         }
-        match tokio::time::timeout_at(deadline, s.fill()).await {
+        let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEADER_TIMEOUT);
+        match tokio::time::timeout_at(d, s.fill()).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return Err(Refuse::Close),
         }

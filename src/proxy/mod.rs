@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -378,20 +378,26 @@ const DIAG_NAMES: [http::HeaderName; 3] = [
 ];
 
 fn new_request_id(n: u64) -> String {
-    // 16 hex chars: time-based prefix + counter, unique per process run.
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let pid = *PID.get_or_init(std::process::id);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let v = (u64::from((t as u32) ^ pid.rotate_left(16)) << 32) | u64::from(n as u32);
+    // 16 hex chars: a prefix made once from the start time and the pid,
+    // then the counter: unique per process run, and no clock read per
+    // request.
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let prefix = *PREFIX.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        (t as u32) ^ std::process::id().rotate_left(16)
+    });
+    let v = (u64::from(prefix) << 32) | u64::from(n as u32);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(16);
-    for i in (0..16).rev() {
-        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    let mut out = [0u8; 16];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((v >> ((15 - i) * 4)) & 0xf) as usize];
     }
-    out
+    std::str::from_utf8(&out)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 impl Why502 {
@@ -730,7 +736,7 @@ impl Why502 {
                     } else {
                         None
                     };
-                    let params = |session: &S, ctx: &ReqCtx| {
+                    let params = |session: &S, ctx: &ReqCtx, p: &mut BytesMut| {
                         let vars = ReqVars::new(
                             rt,
                             session,
@@ -742,7 +748,7 @@ impl Why502 {
                             captures,
                             Some(fc),
                         );
-                        fastcgi::build_params(fc, &vars, session.req_header())
+                        fastcgi::build_params(fc, &vars, session.req_header(), p)
                     };
                     return fastcgi::serve(self, session, ctx, server, fc, params, buffered).await;
                 }
