@@ -454,30 +454,46 @@ pub enum Dialed {
     /// A unix socket that connected at once, not yet registered with the
     /// reactor.
     Unix(std::os::unix::net::UnixStream),
+    /// A TCP socket whose nonblocking connect was started (and on loopback
+    /// has usually finished), not yet registered with the reactor.
+    Tcp(std::net::TcpStream),
     /// A connection ready for I/O through tokio.
     Conn(Conn),
 }
 
-/// Connects like [`connect`], except that a unix socket is connected
+/// Connects like [`connect`], except that a unix socket, or a TCP address
+/// given as an IP and port (`tcp`, parsed once at start-up), is connected
 /// without tokio.
 ///
-/// tokio's `UnixStream::connect` waits for the reactor to report the new
-/// socket writable before it returns. That costs a turn of the event loop
-/// and a second poll of the request's task per connection (with
-/// `fastcgi_keep_conn off`, per request), although a unix socket's connect
-/// either succeeds at once or fails at once: `EAGAIN` when the listen
-/// backlog is full, which nginx reports as a failure too. nginx writes the
-/// request right after a connect that succeeded; [`Dialed::register`] does
-/// the same.
-pub async fn dial(addr: &Addr, timeout: Duration) -> Result<Dialed, Failure> {
-    if let Addr::Unix(p) = addr {
-        match connect_unix_now(p) {
+/// tokio's `connect` waits for the reactor to report the new socket
+/// writable before it returns. That costs a turn of the event loop and a
+/// second poll of the request's task per connection (with
+/// `fastcgi_keep_conn off`, per request). But a unix socket's connect
+/// succeeds or fails at once (`EAGAIN` when the listen backlog is full,
+/// which nginx reports as a failure too), and on loopback a TCP
+/// handshake is done before `connect` returns. nginx writes the request
+/// right after a connect that succeeded; [`Dialed::register`] does the
+/// same, and waits only when the write says the connection is not up yet.
+pub async fn dial(
+    addr: &Addr,
+    tcp: Option<std::net::SocketAddr>,
+    timeout: Duration,
+) -> Result<Dialed, Failure> {
+    match (addr, tcp) {
+        (Addr::Unix(p), _) => match connect_unix_now(p) {
             Ok(s) => return Ok(Dialed::Unix(s)),
             // Not seen for unix sockets on Linux; tokio's connect waits
             // for it.
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(connect_failure(addr, &e)),
+        },
+        (Addr::Tcp(_), Some(sa)) => {
+            return start_tcp(sa)
+                .map(Dialed::Tcp)
+                .map_err(|e| connect_failure(addr, &e))
         }
+        // A host name: tokio resolves it.
+        (Addr::Tcp(_), None) => {}
     }
     connect(addr, timeout).await.map(Dialed::Conn)
 }
@@ -491,31 +507,90 @@ fn connect_unix_now(p: &Path) -> io::Result<std::os::unix::net::UnixStream> {
     Ok(s.into())
 }
 
+/// A nonblocking TCP `connect`, started (`EINPROGRESS` is not an error),
+/// with `TCP_NODELAY` as [`connect`] sets it.
+fn start_tcp(sa: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(sa), Type::STREAM.nonblocking(), None)?;
+    let _ = s.set_nodelay(true);
+    match s.connect(&sa.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
+
+/// One nonblocking `write`; `None` when it would block.
+fn write_now(mut w: impl std::io::Write, first: &[u8]) -> Option<io::Result<usize>> {
+    match w.write(first) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            None
+        }
+        r => Some(r),
+    }
+}
+
 impl Dialed {
-    /// Hands the connection to tokio. A unix socket just connected is
-    /// first written what it takes of `first` (the request's first bytes)
-    /// with one `write`: the second result is how many bytes that was, or
-    /// the write's error. The outer error is the registration's.
-    pub fn register(self, first: &[u8]) -> io::Result<(Conn, io::Result<usize>)> {
+    /// Hands the connection to tokio. A socket just connected is first
+    /// written what it takes of `first` (the request's first bytes) with
+    /// one `write`: the second result is how many bytes that was, or the
+    /// write's error. A TCP connect still under way is waited for here
+    /// (`timeout`, `fastcgi_connect_timeout`); its failure, and a failed
+    /// registration, are the error.
+    pub async fn register(
+        self,
+        addr: &Addr,
+        first: &[u8],
+        timeout: Duration,
+    ) -> Result<(Conn, io::Result<usize>), Failure> {
+        let fail = |e: io::Error| connect_failure(addr, &e);
         match self {
             Dialed::Conn(c) => Ok((c, Ok(0))),
             Dialed::Unix(s) => {
-                use std::io::Write;
-                let sent = match (&s).write(first) {
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        Ok(0)
-                    }
-                    r => r,
-                };
-                Ok((Conn::Unix(UnixStream::from_std(s)?), sent))
+                let sent = write_now(&s, first).unwrap_or(Ok(0));
+                Ok((Conn::Unix(UnixStream::from_std(s).map_err(fail)?), sent))
             }
+            Dialed::Tcp(s) => match write_now(&s, first) {
+                Some(Ok(n)) => Ok((Conn::Tcp(TcpStream::from_std(s).map_err(fail)?), Ok(n))),
+                // The connect failed (refused, unreachable): a write
+                // before the handshake reports the connect's error.
+                Some(Err(e)) if is_connect_error(&e) => Err(fail(e)),
+                Some(Err(e)) => Ok((Conn::Tcp(TcpStream::from_std(s).map_err(fail)?), Err(e))),
+                // Still connecting: wait as tokio's connect does.
+                None => {
+                    let t = TcpStream::from_std(s).map_err(fail)?;
+                    match tokio::time::timeout(timeout, t.writable()).await {
+                        Err(_) => Err(timeout_failure(Cause::ConnectTimeout, "while connecting")),
+                        Ok(Err(e)) => Err(fail(e)),
+                        Ok(Ok(())) => match t.take_error() {
+                            Ok(None) => Ok((Conn::Tcp(t), Ok(0))),
+                            Ok(Some(e)) | Err(e) => Err(fail(e)),
+                        },
+                    }
+                }
+            },
         }
     }
+}
+
+/// Errors a socket reports when its connect failed.
+fn is_connect_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::ETIMEDOUT
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EADDRNOTAVAIL
+        )
+    )
 }
 
 /// Per-server run-time state.
@@ -548,6 +623,9 @@ pub struct UpstreamState {
     /// Each server as nginx names a FastCGI upstream in log lines
     /// (`fastcgi://unix:/path:`, `fastcgi://127.0.0.1:9000`), made once.
     pub fastcgi_names: Vec<std::sync::Arc<str>>,
+    /// Each TCP server's address when it is an IP and port (a host name is
+    /// resolved per connection, by tokio), parsed once.
+    pub tcp_addrs: Vec<Option<std::net::SocketAddr>>,
     /// Wakes the idle sweeper when an idle FastCGI connection is closed by
     /// its peer (see [`Conn::watch`]).
     pub watch: std::sync::Arc<IdleWatch>,
@@ -619,6 +697,14 @@ impl UpstreamState {
                 .servers
                 .iter()
                 .map(|s| fastcgi_name(&s.addr).into())
+                .collect(),
+            tcp_addrs: config
+                .servers
+                .iter()
+                .map(|s| match &s.addr {
+                    Addr::Tcp(hp) => hp.parse().ok(),
+                    Addr::Unix(_) => None,
+                })
                 .collect(),
             waker: std::task::Waker::from(watch.clone()),
             watch,

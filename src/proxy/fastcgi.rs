@@ -194,7 +194,13 @@ pub async fn serve<S: Downstream>(
                     reused = true;
                     Dialed::Conn(c)
                 }
-                None => match upstream::dial(addr, fc.connect_timeout).await {
+                None => match upstream::dial(
+                    addr,
+                    up.tcp_addrs.get(i).copied().flatten(),
+                    fc.connect_timeout,
+                )
+                .await
+                {
                     Ok(d) => d,
                     Err(f) => {
                         up.failed(i, &f.nginx_message);
@@ -204,7 +210,6 @@ pub async fn serve<S: Downstream>(
                 },
             };
             force_fresh = false;
-            ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             if let Some(build) = params.take() {
                 let mut p = BytesMut::with_capacity(PRELUDE_CAPACITY);
                 record::encode_begin_request(&mut p, REQUEST_ID, record::RESPONDER, fc.keep_conn);
@@ -216,17 +221,21 @@ pub async fn serve<S: Downstream>(
                 }
                 prelude = p.freeze();
             }
-            // A unix socket that connected at once is written the request
-            // before tokio has it (see `upstream::dial`).
-            let (mut conn, presend) = match dialed.register(&prelude) {
-                Ok(r) => r,
-                Err(e) => {
-                    let f = upstream::connect_failure(addr, &e);
-                    up.failed(i, &f.nginx_message);
-                    last = Some(f);
-                    continue;
-                }
-            };
+            // A new connection is written the request before tokio has it;
+            // a TCP connect still under way is waited for here (see
+            // `upstream::dial`).
+            let (mut conn, presend) =
+                match dialed.register(addr, &prelude, fc.connect_timeout).await {
+                    Ok(r) => r,
+                    Err(f) => {
+                        up.failed(i, &f.nginx_message);
+                        last = Some(f);
+                        continue;
+                    }
+                };
+            // Up to here: a new connection's time includes building the
+            // params (microseconds), since a TCP connect may finish only now.
+            ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
 
             let mut ex = Exchange {
                 p,
