@@ -530,6 +530,22 @@ pub struct Param {
     pub name: String,
     pub value: Template,
     pub if_not_empty: bool,
+    /// The pair's start on the wire, made once (see
+    /// [`params::pair_head`](crate::fastcgi::params::pair_head)).
+    pub head: Box<[u8]>,
+}
+
+impl Param {
+    pub fn new(name: impl Into<String>, value: Template, if_not_empty: bool) -> Param {
+        let name = name.into();
+        let head = crate::fastcgi::params::pair_head(name.as_bytes()).into();
+        Param {
+            name,
+            value,
+            if_not_empty,
+            head,
+        }
+    }
 }
 
 /// Debian's `fastcgi.conf` (fastcgi_params plus SCRIPT_FILENAME first).
@@ -561,10 +577,12 @@ pub const FASTCGI_CONF: &[(&str, &str)] = &[
 pub fn default_params() -> Vec<Param> {
     FASTCGI_CONF
         .iter()
-        .map(|(n, v)| Param {
-            name: (*n).to_string(),
-            value: Template::parse(v).unwrap_or_else(|_| Template::literal(v)),
-            if_not_empty: *n == "HTTPS",
+        .map(|(n, v)| {
+            Param::new(
+                *n,
+                Template::parse(v).unwrap_or_else(|_| Template::literal(v)),
+                *n == "HTTPS",
+            )
         })
         .collect()
 }
@@ -596,13 +614,13 @@ impl FastCgi {
     pub fn php(upstream: Arc<Upstream>) -> FastCgi {
         let mut fc = FastCgi::new(upstream);
         fc.params = default_params();
-        fc.params.push(Param {
-            name: "PATH_INFO".into(),
-            value: Template {
+        fc.params.push(Param::new(
+            "PATH_INFO",
+            Template {
                 pieces: vec![template::Piece::Var(Var::FastcgiPathInfo)],
             },
-            if_not_empty: false,
-        });
+            false,
+        ));
         fc.split_path_info = regex::Regex::new(r"^(.+?\.php)(/.*)$").ok();
         fc.index = Some("index.php".into());
         fc

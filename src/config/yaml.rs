@@ -1381,11 +1381,8 @@ fn convert_location(
             fc.params = default_params();
         }
         for p in f.params.0 {
-            fc.params.push(Param {
-                name: p.name,
-                value: p.value.0,
-                if_not_empty: p.if_not_empty,
-            });
+            fc.params
+                .push(Param::new(p.name, p.value.0, p.if_not_empty));
         }
         fc.split_path_info = f.split_path_info.map(|r| r.0);
         fc.index = f.index;

@@ -113,6 +113,33 @@ pub fn start_pair(dst: &mut BytesMut, name: &[u8]) -> PairMark {
     }
 }
 
+/// What [`start_pair`] writes for `name`, for [`start_pair_from`]: a
+/// param's name is known when the config is read.
+pub fn pair_head(name: &[u8]) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    start_pair(&mut b, name);
+    b.to_vec()
+}
+
+/// [`start_pair`] with the name's [`pair_head`]: one copy instead of three
+/// writes (the params of every FastCGI request start this way).
+pub fn start_pair_from(dst: &mut BytesMut, head: &[u8]) -> PairMark {
+    let start = dst.len();
+    dst.extend_from_slice(head);
+    // The value's length follows the name's (one byte, or four).
+    let len_at = start
+        + if head.first().is_some_and(|b| b & 0x80 != 0) {
+            4
+        } else {
+            1
+        };
+    PairMark {
+        start,
+        len_at,
+        value_at: dst.len(),
+    }
+}
+
 /// Ends a pair begun with [`start_pair`]: what was appended since is its
 /// value. A value of 128 bytes or more takes the four-byte length (the bytes
 /// after the length move up by three); one longer than [`MAX_PAIR_LEN`] is

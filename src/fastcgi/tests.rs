@@ -580,7 +580,13 @@ fn params_written_in_place_match_encode_pair() {
     want.extend_from_slice(b"before");
     for (name, value) in &cases {
         encode_pair(&mut want, name, value);
-        let mark = start_pair(&mut got, name);
+        // Both ways of starting a pair.
+        let head = super::params::pair_head(name);
+        let mark = if value.len() % 2 == 0 {
+            start_pair(&mut got, name)
+        } else {
+            super::params::start_pair_from(&mut got, &head)
+        };
         // The value comes in pieces, as a template's do.
         for piece in value.chunks(100) {
             got.extend_from_slice(piece);

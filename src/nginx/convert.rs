@@ -910,11 +910,9 @@ impl Cv {
                     Some(x) => return Err(err(d, format!("invalid parameter \"{x}\""))),
                 };
                 let value = self.tpl(d, d.arg(1).unwrap_or(""))?;
-                l.params.get_or_insert_with(Vec::new).push(Param {
-                    name: a0().to_string(),
-                    value,
-                    if_not_empty: ine,
-                });
+                l.params
+                    .get_or_insert_with(Vec::new)
+                    .push(Param::new(a0(), value, ine));
             }
             "fastcgi_index" => {
                 self.nargs(d, 1, 1)?;

@@ -43,7 +43,7 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader, p: &mut 
     // A path or arguments that are not UTF-8 go to PHP as their bytes.
     let carried = vars.carried();
     for param in &fc.params {
-        let mark = params::start_pair(p, param.name.as_bytes());
+        let mark = params::start_pair_from(p, &param.head);
         param.value.eval_into(vars, p);
         let len = params::value_len(p, mark);
         if param.if_not_empty && len == 0 {
@@ -1298,11 +1298,11 @@ mod tests {
         assert_eq!(got, want);
         // A configured param of the same name suppresses the header; the
         // configured one is sent in its place.
-        fc.params.push(Param {
-            name: "HTTP_HOST".into(),
-            value: crate::config::template::Template::literal("configured"),
-            if_not_empty: false,
-        });
+        fc.params.push(Param::new(
+            "HTTP_HOST",
+            crate::config::template::Template::literal("configured"),
+            false,
+        ));
         let got = header_params(&fc, "Host: h\nAccept: a\nAccept: b");
         assert_eq!(
             got,
