@@ -512,7 +512,10 @@ struct LastPage {
     /// The diagnosis header lines around the request id's, for a session
     /// that writes header lines itself: `Why502-Cause: …\r\n`, and
     /// `Proxy-Status: …\r\n` (empty when it cannot be a header value).
+    /// `cause_line` is followed by the request id header's name, to be
+    /// written with the id in one go; `cause_len` is the cause line's end.
     cause_line: String,
+    cause_len: usize,
     proxy_status_line: String,
 }
 
@@ -524,7 +527,8 @@ impl LastPage {
             && self.details == f.details
             && self.extra_hint == f.extra_hint
             && self.stderr == req.stderr_excerpt
-            && self.next_hop == req.next_hop
+            // The same server's name is the same `Arc` (made once).
+            && (Arc::ptr_eq(&self.next_hop, &req.next_hop) || self.next_hop == req.next_hop)
     }
 }
 
@@ -560,7 +564,12 @@ fn with_last_page<R>(
                         req,
                         trusted,
                     )),
-                    cause_line: format!("{}: {code}\r\n", crate::config::CAUSE_HEADER),
+                    cause_line: format!(
+                        "{}: {code}\r\n{}: ",
+                        crate::config::CAUSE_HEADER,
+                        crate::config::REQUEST_ID_HEADER
+                    ),
+                    cause_len: crate::config::CAUSE_HEADER.len() + code.len() + 4,
                     proxy_status_line: if proxy_status_value.is_some() {
                         format!("Proxy-Status: {proxy_status}\r\n")
                     } else {
@@ -661,16 +670,13 @@ pub fn render(
     let headers = |p: &LastPage| match lines {
         Some(out) => {
             out.reserve(p.cause_line.len() + p.proxy_status_line.len() + 64);
-            out.extend_from_slice(p.cause_line.as_bytes());
             if plain_id || http::HeaderValue::from_str(&req.request_id).is_ok() {
-                for part in [
-                    crate::config::REQUEST_ID_HEADER,
-                    ": ",
-                    &req.request_id,
-                    "\r\n",
-                ] {
-                    out.extend_from_slice(part.as_bytes());
-                }
+                // The cause line and the id header's name, then the id.
+                out.extend_from_slice(p.cause_line.as_bytes());
+                out.extend_from_slice(req.request_id.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(&p.cause_line.as_bytes()[..p.cause_len]);
             }
             out.extend_from_slice(p.proxy_status_line.as_bytes());
             None
@@ -881,6 +887,38 @@ mod tests {
         assert!(render(&d, &g, &r, false, None)
             .text()
             .contains(">&lt;x&gt;<"));
+    }
+
+    #[test]
+    fn header_lines_carry_the_cause_the_id_and_proxy_status() {
+        use crate::config::{CAUSE_HEADER, REQUEST_ID_HEADER};
+        let d = Diagnostics::default();
+        let f = Failure::new(Cause::ConnectSocketMissing, "m", "details");
+        let code = f.cause.info().code;
+        let mut r = req();
+        let lines = |r: &RequestSummary| {
+            let mut out = Vec::new();
+            render(&d, &f, r, false, Some(&mut out));
+            String::from_utf8(out).expect("header lines are text")
+        };
+        let cause = format!("{CAUSE_HEADER}: {code}\r\n");
+        let text = lines(&r);
+        assert!(
+            text.starts_with(&format!(
+                "{cause}{REQUEST_ID_HEADER}: abc\r\nProxy-Status: "
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n"), "{text}");
+        // An id that cannot be a header value is left out; the page kept
+        // from the request before gives the same other lines.
+        r.request_id = "a\nb".into();
+        let text = lines(&r);
+        assert!(
+            text.starts_with(&format!("{cause}Proxy-Status: ")),
+            "{text}"
+        );
+        assert!(!text.contains(REQUEST_ID_HEADER), "{text}");
     }
 
     #[test]
