@@ -23,7 +23,10 @@ pub struct Failure {
     /// `connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory)`.
     pub nginx_message: String,
     /// Runtime details shown to trusted clients (errno, offending header, stderr, file:line).
-    pub details: String,
+    /// Shared: a failure repeated from a cache (a server that is down
+    /// fails the same way for every request) keeps the same text, which
+    /// the thread's last page then recognises by pointer.
+    pub details: Arc<str>,
     /// A hint computed at run time, shown after the table's hint (trusted only).
     pub extra_hint: Option<String>,
     /// The upstream's own status (App causes).
@@ -35,7 +38,7 @@ impl Failure {
         Failure {
             cause,
             nginx_message: nginx_message.into(),
-            details: details.into(),
+            details: Arc::from(details.into()),
             extra_hint: None,
             upstream_status: None,
         }
@@ -503,7 +506,7 @@ struct LastPage {
     cause: Cause,
     upstream_status: Option<u16>,
     trusted: bool,
-    details: String,
+    details: Arc<str>,
     extra_hint: Option<String>,
     stderr: String,
     next_hop: Arc<str>,
@@ -524,7 +527,7 @@ impl LastPage {
         self.cause == f.cause
             && self.upstream_status == f.upstream_status
             && self.trusted == trusted
-            && self.details == f.details
+            && (Arc::ptr_eq(&self.details, &f.details) || self.details == f.details)
             && self.extra_hint == f.extra_hint
             && self.stderr == req.stderr_excerpt
             // The same server's name is the same `Arc` (made once).
@@ -698,7 +701,7 @@ pub fn render(
         if trusted {
             obj["explanation"] = info.explanation.into();
             obj["hint"] = info.hint.into();
-            obj["details"] = f.details.clone().into();
+            obj["details"] = (&*f.details).into();
             obj["upstream"] = (&*req.next_hop).into();
             if let Some(h) = &f.extra_hint {
                 obj["extra_hint"] = h.clone().into();
@@ -781,7 +784,7 @@ pub fn event(f: &Failure, req: &RequestSummary) {
         connect_ms = req.connect_ms,
         first_byte_ms = req.first_byte_ms,
         total_ms = req.total_ms,
-        details = f.details.as_str(),
+        details = &*f.details,
         stderr = req.stderr_excerpt.as_str(),
         nginx = f.nginx_message.as_str(),
     );

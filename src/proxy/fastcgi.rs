@@ -286,7 +286,7 @@ pub async fn serve<S: Downstream>(
                     if !ex.stderr.is_empty() {
                         ctx.summary.stderr_excerpt = ex.stderr.clone();
                         if let Some(d) = &ex.diag {
-                            f.details = format!("{}; PHP said: {}", f.details, d.message);
+                            f.details = format!("{}; PHP said: {}", f.details, d.message).into();
                         }
                     }
                     // Like nginx's max_fails: only "error" and "timeout" failures count,

@@ -430,7 +430,8 @@ pub async fn upstream_peer(ctx: &mut ReqCtx) -> Result<Box<HttpPeer>> {
                                     "{}; every server failed: {}",
                                     f.details,
                                     st.attempts.join("; ")
-                                );
+                                )
+                                .into();
                             }
                             f
                         }
@@ -2082,7 +2083,7 @@ fn decide(
             )
         } else if st.fresh_retry_used && f.cause != Cause::HeaderStaleKeepalive {
             let mut f = f;
-            f.details = format!("{}; the retry on a fresh connection failed too", f.details);
+            f.details = format!("{}; the retry on a fresh connection failed too", f.details).into();
             f
         } else {
             f
@@ -2135,7 +2136,8 @@ fn decide(
             "{}; every server failed: {}",
             f.details,
             st.attempts.join("; ")
-        );
+        )
+        .into();
     }
     st.final_failure = Some(f);
     false
