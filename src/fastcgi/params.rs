@@ -96,34 +96,23 @@ pub struct PairMark {
     value_at: usize,
 }
 
-/// Starts a pair whose value the caller then appends to `dst` itself (so a
-/// value made from variables is written once, in place, not built
-/// elsewhere and copied); [`finish_pair`] writes its length.
-pub fn start_pair(dst: &mut BytesMut, name: &[u8]) -> PairMark {
-    let name = &name[..name.len().min(MAX_PAIR_LEN)];
-    let start = dst.len();
-    put_length(dst, name.len());
-    let len_at = dst.len();
-    dst.put_u8(0);
-    dst.extend_from_slice(name);
-    PairMark {
-        start,
-        len_at,
-        value_at: dst.len(),
-    }
-}
-
-/// What [`start_pair`] writes for `name`, for [`start_pair_from`]: a
-/// param's name is known when the config is read.
+/// The start of a pair whose value is written in place: the name's length,
+/// a one-byte placeholder for the value's, and the name. A param's name is
+/// known when the config is read, so this is made once per param.
 pub fn pair_head(name: &[u8]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    start_pair(&mut b, name);
+    let name = &name[..name.len().min(MAX_PAIR_LEN)];
+    let mut b = BytesMut::with_capacity(length_len(name.len()) + 1 + name.len());
+    put_length(&mut b, name.len());
+    b.put_u8(0);
+    b.extend_from_slice(name);
     b.to_vec()
 }
 
-/// [`start_pair`] with the name's [`pair_head`]: one copy instead of three
-/// writes (the params of every FastCGI request start this way).
-pub fn start_pair_from(dst: &mut BytesMut, head: &[u8]) -> PairMark {
+/// Starts a pair from its [`pair_head`]; the caller then appends the value
+/// to `dst` itself (so a value made from variables is written once, in
+/// place, not built elsewhere and copied), and [`finish_pair`] writes its
+/// length.
+pub fn start_pair(dst: &mut BytesMut, head: &[u8]) -> PairMark {
     let start = dst.len();
     dst.extend_from_slice(head);
     // The value's length follows the name's (one byte, or four).

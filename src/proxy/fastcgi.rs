@@ -43,7 +43,7 @@ pub fn build_params(fc: &FastCgi, vars: &dyn Vars, req: &RequestHeader, p: &mut 
     // A path or arguments that are not UTF-8 go to PHP as their bytes.
     let carried = vars.carried();
     for param in &fc.params {
-        let mark = params::start_pair_from(p, &param.head);
+        let mark = params::start_pair(p, &param.head);
         param.value.eval_into(vars, p);
         let len = params::value_len(p, mark);
         if param.if_not_empty && len == 0 {
