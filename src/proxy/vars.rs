@@ -137,35 +137,24 @@ fn host_part(h: &str) -> &str {
 /// An IP address as text, without `core::fmt` for IPv4 (the `Display` impl
 /// pads and aligns and showed up in profiles: two addresses per request).
 pub fn ip_text(ip: std::net::IpAddr) -> String {
-    let mut s = String::with_capacity(15);
-    push_ip(&mut s, ip);
-    s
-}
-
-/// Appends an IP address as text (see [`ip_text`]).
-pub fn push_ip(s: &mut String, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let (buf, n) = v4_text(v4);
-            if let Ok(t) = std::str::from_utf8(&buf[..n]) {
-                s.push_str(t);
-            }
-        }
-        v6 => {
-            use std::fmt::Write;
-            let _ = write!(s, "{v6}");
-        }
-    }
+    with_ip_text(ip, str::to_owned)
 }
 
 /// Appends an IP address as text, as bytes (a FastCGI param).
 fn put_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
+    with_ip_text(ip, |t| out.extend_from_slice(t.as_bytes()))
+}
+
+/// Hands `f` an IP address as text: IPv4 from a stack buffer, IPv6 through
+/// `Display`.
+fn with_ip_text<R>(ip: std::net::IpAddr, f: impl FnOnce(&str) -> R) -> R {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let (buf, n) = v4_text(v4);
-            out.extend_from_slice(&buf[..n]);
+            // Digits and dots only.
+            f(std::str::from_utf8(&buf[..n]).unwrap_or_default())
         }
-        v6 => out.extend_from_slice(v6.to_string().as_bytes()),
+        v6 => f(&v6.to_string()),
     }
 }
 
@@ -195,13 +184,7 @@ fn v4_text(v4: std::net::Ipv4Addr) -> ([u8; 15], usize) {
 
 /// A port (or any u16) as text.
 pub fn u16_text(n: u16) -> String {
-    let mut s = String::with_capacity(5);
-    push_u16(&mut s, n);
-    s
-}
-
-fn push_u16(s: &mut String, n: u16) {
-    s.push_str(itoa::Buffer::new().format(n));
+    itoa::Buffer::new().format(n).to_owned()
 }
 
 fn arg_value<'s>(args: &'s str, name: &str) -> Option<&'s str> {
@@ -359,9 +342,7 @@ mod tests {
                 let mut octets = [1, 22, 133, 0];
                 octets[place] = o;
                 let ip = std::net::IpAddr::from(octets);
-                let mut s = String::from("x");
-                push_ip(&mut s, ip);
-                assert_eq!(s, format!("x{ip}"));
+                assert_eq!(ip_text(ip), ip.to_string());
                 let mut b = BytesMut::from(&b"x"[..]);
                 put_ip(&mut b, ip);
                 assert_eq!(b, format!("x{ip}").as_bytes());
