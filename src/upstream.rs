@@ -430,8 +430,9 @@ pub fn timeout_failure(cause: Cause, what: &str) -> Failure {
     )
 }
 
-/// Opens a new connection within `timeout`.
-pub async fn connect(addr: &Addr, timeout: Duration) -> Result<Conn, Failure> {
+/// Opens a new connection within `timeout` through tokio: [`dial`]'s way
+/// for a host name (tokio resolves it).
+async fn connect(addr: &Addr, timeout: Duration) -> Result<Conn, Failure> {
     let fut = async {
         match addr {
             Addr::Unix(p) => UnixStream::connect(p).await.map(Conn::Unix),
