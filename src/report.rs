@@ -102,6 +102,7 @@ pub struct RequestSummary {
     pub status: u16,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Milliseconds, to the microsecond (see [`ms_since`]).
     pub connect_ms: Option<f64>,
     pub first_byte_ms: Option<f64>,
     pub total_ms: f64,
@@ -109,6 +110,12 @@ pub struct RequestSummary {
     pub conn: u64,
     /// The selected server's own error log (None = the main one).
     pub errlog: Option<Arc<ErrorLog>>,
+}
+
+/// Milliseconds since `t`, to the microsecond: the events log then shows
+/// `0.005`, not the float noise of `0.005456999999999999`.
+pub fn ms_since(t: std::time::Instant) -> f64 {
+    t.elapsed().as_micros() as f64 / 1000.0
 }
 
 impl RequestSummary {

@@ -453,12 +453,9 @@ impl<S: Downstream> LogValues for Values<'_, S> {
                 };
                 owned(code.to_string())
             }
-            LogVar::UpstreamResponseTime => upstream.then(|| {
-                Self::secs(
-                    ctx.start
-                        .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
-                )
-            }),
+            LogVar::UpstreamResponseTime => {
+                upstream.then(|| Self::secs(ctx.start.map_or(0.0, crate::report::ms_since)))
+            }
             LogVar::UpstreamConnectTime => s.connect_ms.filter(|_| upstream).map(Self::secs),
             LogVar::UpstreamHeaderTime => s.first_byte_ms.filter(|_| upstream).map(Self::secs),
             LogVar::Why502Cause => ctx

@@ -235,7 +235,7 @@ pub async fn serve<S: Downstream>(
                 };
             // Up to here: a new connection's time includes building the
             // params (microseconds), since a TCP connect may finish only now.
-            ctx.summary.connect_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+            ctx.summary.connect_ms = Some(crate::report::ms_since(t0));
 
             let mut ex = Exchange {
                 p,
@@ -528,7 +528,7 @@ impl Exchange<'_> {
             };
             if ctx.summary.first_byte_ms.is_none() {
                 if let Some(s) = ctx.start {
-                    ctx.summary.first_byte_ms = Some(s.elapsed().as_secs_f64() * 1000.0);
+                    ctx.summary.first_byte_ms = Some(crate::report::ms_since(s));
                 }
             }
             match read {

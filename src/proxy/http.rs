@@ -912,7 +912,7 @@ impl Connector {
 
     /// The stream handed to Pingora for a new connection.
     fn finish(&self, w: HttpWire, t0: Instant) -> Stream {
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let ms = crate::report::ms_since(t0);
         if self.tap {
             let tap = Arc::new(Tap::new(false));
             self.record(|sl| {
@@ -1401,7 +1401,7 @@ pub fn response_filter(ctx: &mut ReqCtx, resp: &mut ResponseHeader) -> Result<()
     }
     ctx.summary.status = resp.status.as_u16();
     if let Some(s) = ctx.start {
-        ctx.summary.first_byte_ms = Some(s.elapsed().as_secs_f64() * 1000.0);
+        ctx.summary.first_byte_ms = Some(crate::report::ms_since(s));
     }
     let hide: Vec<String> = resp
         .headers

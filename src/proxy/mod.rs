@@ -1195,7 +1195,7 @@ impl Why502 {
 
     pub fn finish_timing(&self, ctx: &mut ReqCtx) {
         if let Some(s) = ctx.start {
-            ctx.summary.total_ms = s.elapsed().as_secs_f64() * 1000.0;
+            ctx.summary.total_ms = crate::report::ms_since(s);
         }
     }
 }

@@ -97,6 +97,12 @@ fn one_request_id_on_every_surface() {
     })
     .expect("event with the request id");
     assert_eq!(ev["cause"], "connect.socket_missing");
+    // Times are to the microsecond, without float noise.
+    let total = ev["total_ms"].to_string();
+    assert!(
+        ev["total_ms"].is_f64() && total.split_once('.').is_none_or(|(_, f)| f.len() <= 3),
+        "total_ms {total}"
+    );
     assert!(
         d.log_line.ends_with(&format!("request_id: {rid}")),
         "{}",
