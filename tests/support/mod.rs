@@ -12,18 +12,15 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+mod ports;
+pub use ports::free_port;
+
 /// A fresh temp dir under /tmp with a short name (unix socket paths must stay < 108 bytes).
 pub fn temp_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("why502-")
         .tempdir_in("/tmp")
         .expect("create temp dir in /tmp")
-}
-
-/// A currently free TCP port on 127.0.0.1 (bind :0, read it, release it).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
 }
 
 /// Wait until `addr` accepts a connection. `addr` is "host:port" or "unix:/path".

@@ -4,11 +4,15 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A child process in its own process group, stopped (TERM, then KILL of
 /// the whole group) when dropped.
@@ -47,27 +51,6 @@ impl Drop for Proc {
         }
         let _ = self.child.wait();
     }
-}
-
-/// A free TCP port on 127.0.0.1, never one this process was given before.
-/// The kernel can hand out a port it just handed out (bind `:0`, close,
-/// bind `:0`): two servers of one suite then got the same port, the second
-/// failed to bind, and its requests went to the first (a CI failure where
-/// nginx's `/ret200.json` came back from another server's `return`).
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..1000 {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if !given.contains(&p) {
-            given.push(p);
-            return p;
-        }
-    }
-    panic!("no port that was not given out before")
 }
 
 pub fn wait_port(port: u16, what: &str, log: &Path) {
