@@ -280,6 +280,11 @@ impl LogFormat {
         self.ops.iter().any(|o| matches!(o, Op::Var(v) if f(v)))
     }
 
+    /// Whether the format renders built-in variable `b`.
+    pub fn uses_builtin(&self, b: Builtin) -> bool {
+        self.ops.contains(&Op::Builtin(b))
+    }
+
     /// Appends one rendered line (without the newline) to `out`.
     pub fn render(&self, vals: &dyn LogValues, out: &mut Vec<u8>) {
         for op in &self.ops {

@@ -84,6 +84,12 @@ pub trait App: Send + Sync + 'static {
         &'a self,
         s: &'a mut crate::h2::H2Session,
     ) -> impl Future<Output = bool> + Send + 'a;
+    /// Whether a request's log needs the response header's fields after
+    /// it was sent (`$sent_http_NAME`, `$bytes_sent`). The HTTP/2 server
+    /// otherwise hands its map to the `h2` crate instead of a copy.
+    fn reads_sent_headers(&self) -> bool {
+        true
+    }
 }
 
 enum BodyIn {

@@ -88,6 +88,7 @@ pub async fn serve_connection<A: App>(app: &A, stream: TcpStream, number: u64) {
         client: stream.peer_addr().ok(),
         local: stream.local_addr().ok(),
         number,
+        keep_headers: app.reads_sent_headers(),
         conn: Arc::new(ConnFlags {
             last: AtomicBool::new(false),
             idle_ms: AtomicU64::new(KEEPALIVE_TIMEOUT.as_millis() as u64),
@@ -183,7 +184,10 @@ pub struct H2Session {
     body: RecvStream,
     respond: SendResponse<Bytes>,
     send: Option<SendStream<Bytes>>,
+    /// The response header as sent; its map is empty unless
+    /// [`App::reads_sent_headers`] (the map went to the `h2` crate).
     resp: Option<Box<ResponseHeader>>,
+    keep_headers: bool,
     out: Out,
     client: Option<SocketAddr>,
     local: Option<SocketAddr>,
@@ -201,6 +205,8 @@ struct Shared {
     client: Option<SocketAddr>,
     local: Option<SocketAddr>,
     number: u64,
+    /// [`App::reads_sent_headers`].
+    keep_headers: bool,
     conn: Arc<ConnFlags>,
 }
 
@@ -247,6 +253,7 @@ impl H2Session {
             respond,
             send: None,
             resp: None,
+            keep_headers: c.keep_headers,
             out: Out::NotStarted,
             client: c.client,
             local: c.local,
@@ -291,7 +298,7 @@ impl H2Session {
         }
     }
 
-    fn write_header(&mut self, h: Box<ResponseHeader>, end: bool) -> Result<()> {
+    fn write_header(&mut self, mut h: Box<ResponseHeader>, end: bool) -> Result<()> {
         // One response per stream; an interim (1xx) one is not sent.
         if self.out != Out::NotStarted || h.status.is_informational() {
             return Ok(());
@@ -304,9 +311,17 @@ impl H2Session {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let bodyless = self.req.method == http::Method::HEAD || status == 204 || status == 304;
         let eos = end || bodyless || len == Some(0);
-        // The header map is copied: the `h2` crate takes its own, and the
-        // access log reads the one kept here.
-        let mut headers = h.headers.clone();
+        // The `h2` crate takes a map of its own: a copy where the access
+        // log reads the one kept here, else this one.
+        let mut headers = if self.keep_headers {
+            h.headers.clone()
+        } else {
+            // Kept: the status alone.
+            let (mut parts, ()) = http::Response::new(()).into_parts();
+            parts.status = h.status;
+            let sent = std::mem::replace(&mut *h, ResponseHeader::from(parts));
+            http::response::Parts::from(sent).headers
+        };
         if headers.keys().any(is_hop_by_hop) {
             for name in HOP_BY_HOP {
                 headers.remove(name);

@@ -62,6 +62,9 @@ pub struct AccessLogs {
     pub enabled: bool,
     /// Some format uses `$connection` / `$connection_requests`.
     pub track_connections: bool,
+    /// Some format or condition reads the response header as sent
+    /// (`$sent_http_NAME`, `$bytes_sent`).
+    pub sent_headers: bool,
     conns: std::sync::atomic::AtomicU64,
 }
 
@@ -79,6 +82,7 @@ impl AccessLogs {
     pub fn new(cfg: &Config) -> std::io::Result<AccessLogs> {
         let mut files: HashMap<PathBuf, Arc<LogFile>> = HashMap::new();
         let mut track = false;
+        let mut sent = false;
         let mut open = |logs: &[AccessLog]| -> std::io::Result<Logs> {
             let mut out = Vec::with_capacity(logs.len());
             for l in logs {
@@ -102,6 +106,11 @@ impl AccessLogs {
                 };
                 track |=
                     l.format.uses(&conn) || l.condition.as_ref().is_some_and(|c| c.uses(&conn));
+                let hv = |f: &LogFormat| {
+                    f.uses(&|v| matches!(v, LogVar::SentHttp(_)))
+                        || f.uses_builtin(Builtin::BytesSent)
+                };
+                sent |= hv(&l.format) || l.condition.as_deref().is_some_and(hv);
                 out.push(Active {
                     file,
                     format: l.format.clone(),
@@ -137,6 +146,7 @@ impl AccessLogs {
             locs,
             enabled,
             track_connections: track,
+            sent_headers: sent,
             conns: std::sync::atomic::AtomicU64::new(0),
         })
     }

@@ -28,6 +28,10 @@ impl h1::App for Why502 {
     async fn serve_h2(&self, s: &mut H2Session) -> bool {
         self.serve_own(s, None).await.0
     }
+
+    fn reads_sent_headers(&self) -> bool {
+        self.rt.access.sent_headers
+    }
 }
 
 impl Why502 {

@@ -68,6 +68,49 @@ fn h2c_clients_get_diagnosis_and_aborted_streams() {
     assert_logged(&p, "body.reset", None);
 }
 
+/// An access log that reads the response header as sent
+/// (`$sent_http_NAME`, `$bytes_sent`) over HTTP/2: the server keeps the
+/// header's map for it (without such a variable it hands the map to the
+/// `h2` crate, and `$status` still comes from what is kept).
+#[test]
+fn h2c_access_log_reads_the_sent_header() {
+    let dir = support::temp_dir();
+    let d = dir.path().display().to_string();
+    let fpm = fpm(dir.path(), vec![pool("www")]);
+    let top = format!(
+        "log:\n  access_log: {{ path: {d}/a.log, format: c }}\n  log_formats:\n    c: {{ format: '$status|$sent_http_content_type|$sent_http_why502_cause|$bytes_sent|$body_bytes_sent' }}\n"
+    );
+    let yaml = php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", &top).replace(
+        "listen: [\"{listen}\"]",
+        "listen: [{ address: \"{listen}\", http2: true }]",
+    );
+    let p = Proxy::yaml(dir.path(), &yaml);
+    let (code, summary, _) = curl_h2(&p.addr, "/hello.php");
+    assert_eq!((code, summary.as_str()), (0, "2 200 5"), "{summary}");
+    let (code, summary, _) = curl_h2(&p.addr, "/memory.php");
+    assert_eq!(code, 0);
+    assert!(summary.starts_with("2 500"), "{summary}");
+
+    let log = wait_until(std::time::Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
+        (t.lines().count() >= 2).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("a.log did not get 2 lines"));
+    let lines: Vec<Vec<&str>> = log.lines().map(|l| l.split('|').collect()).collect();
+    for (l, status, cause) in [
+        (&lines[0], "200", "-"),
+        (&lines[1], "500", "app.memory_exhausted"),
+    ] {
+        assert_eq!(l[0], status, "{log}");
+        assert!(l[1].starts_with("text/"), "{log}");
+        assert_eq!(l[2], cause, "{log}");
+        let all: usize = l[3].parse().expect("bytes_sent");
+        let body: usize = l[4].parse().expect("body_bytes_sent");
+        // The header's fields count: at least its Content-Type line.
+        assert!(all > body + "content-type: text/\r\n".len(), "{log}");
+    }
+}
+
 /// The own HTTP/2 server on an `http2` listener: streams of one connection
 /// share its number (`$connection`, `*N`), many run at once, an upload
 /// larger than the flow-control windows arrives whole, HEAD has no body, and
