@@ -253,6 +253,7 @@ pub async fn serve<S: Downstream>(
                 head_sent: false,
                 declared_len: None,
                 body_sent: 0,
+                body_ended: false,
                 head_only: session.req_header().method == http::Method::HEAD,
                 buffered: buffered.as_deref(),
                 pending: smallvec::SmallVec::new(),
@@ -334,6 +335,10 @@ struct Exchange<'a> {
     head_sent: bool,
     declared_len: Option<u64>,
     body_sent: u64,
+    /// The client's response was ended with its last body data (the
+    /// upstream's END_REQUEST came in the same read): one write, and over
+    /// HTTP/2 one DATA frame with END_STREAM, as nginx sends.
+    body_ended: bool,
     head_only: bool,
     /// A chunked request body, read whole before the request (see
     /// [`read_whole_body`]); sent from here instead of the client.
@@ -770,7 +775,7 @@ impl Exchange<'_> {
                 all.freeze()
             }
         };
-        self.write_body(session, ctx, data).await
+        self.write_body(session, ctx, data, complete).await
     }
 
     fn on_stderr(&mut self, ctx: &mut ReqCtx, data: &[u8]) {
@@ -1023,6 +1028,7 @@ impl Exchange<'_> {
         session: &mut S,
         ctx: &mut ReqCtx,
         mut data: Bytes,
+        complete: bool,
     ) -> Option<Attempt> {
         if self.head_only {
             return None;
@@ -1037,13 +1043,14 @@ impl Exchange<'_> {
         }
         if !data.is_empty() {
             self.body_sent += data.len() as u64;
-            if session
-                .write_response_body(Some(data), false)
-                .await
-                .is_err()
-            {
+            // The whole body, as long as announced: it ends the response
+            // (a short or long one is failed by the caller instead).
+            let end =
+                complete && !too_long && self.declared_len.is_none_or(|cl| self.body_sent >= cl);
+            if session.write_response_body(Some(data), end).await.is_err() {
                 return Some(self.client_gone(ctx));
             }
+            self.body_ended = end;
         }
         if too_long {
             let f = Failure::new(
@@ -1126,7 +1133,7 @@ impl Exchange<'_> {
                 return self.fail(ctx, f, false);
             }
         }
-        if session.write_response_body(None, true).await.is_err() {
+        if !self.body_ended && session.write_response_body(None, true).await.is_err() {
             return self.client_gone(ctx);
         }
         ctx.summary.bytes_sent = self.body_sent;

@@ -68,6 +68,35 @@ fn h2c_clients_get_diagnosis_and_aborted_streams() {
     assert_logged(&p, "body.reset", None);
 }
 
+/// A FastCGI response that arrives whole (END_REQUEST in the same read)
+/// goes out as one DATA frame that ends the stream, as nginx sends it, not
+/// the data and then an empty DATA frame with END_STREAM.
+#[test]
+fn h2c_whole_response_is_one_data_frame() {
+    let dir = support::temp_dir();
+    let fpm = fpm(dir.path(), vec![pool("www")]);
+    let yaml = php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", "").replace(
+        "listen: [\"{listen}\"]",
+        "listen: [{ address: \"{listen}\", http2: true }]",
+    );
+    let p = Proxy::yaml(dir.path(), &yaml);
+    let out = Command::new("nghttp")
+        .args(["-v", "-t", "20"])
+        .arg(format!("http://{}/hello.php", p.addr))
+        .output()
+        .expect("nghttp is required (tests/setup.sh installs nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let data: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("recv DATA frame"))
+        .collect();
+    assert_eq!(data.len(), 1, "{text}");
+    assert!(
+        data[0].contains("length=5, flags=0x01"),
+        "one DATA frame, END_STREAM:\n{text}"
+    );
+}
+
 /// An access log that reads the response header as sent
 /// (`$sent_http_NAME`, `$bytes_sent`) over HTTP/2: the server keeps the
 /// header's map for it (without such a variable it hands the map to the
