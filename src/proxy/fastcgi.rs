@@ -1043,8 +1043,9 @@ impl Exchange<'_> {
         }
         if !data.is_empty() {
             self.body_sent += data.len() as u64;
-            // The whole body, as long as announced: it ends the response
-            // (a short or long one is failed by the caller instead).
+            // The whole body, as long as announced: it ends the response.
+            // One longer or shorter than announced does not: it fails
+            // below or in `finish`, and the response is aborted.
             let end =
                 complete && !too_long && self.declared_len.is_none_or(|cl| self.body_sent >= cl);
             if session.write_response_body(Some(data), end).await.is_err() {
