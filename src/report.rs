@@ -85,8 +85,8 @@ impl Failure {
 #[derive(Debug, Clone, Default)]
 pub struct RequestSummary {
     pub request_id: String,
+    /// The client's address; `None` on a unix-socket listener.
     pub client: Option<IpAddr>,
-    pub client_addr: String,
     /// The request's method, target and Host: kept as the request has them
     /// (shared, not copied); read through [`RequestSummary::uri`] and
     /// [`RequestSummary::host`].
@@ -122,6 +122,13 @@ impl RequestSummary {
     /// The request target as sent (`/path?args`).
     pub fn uri(&self) -> &str {
         self.target.as_ref().map_or("/", |t| t.as_str())
+    }
+
+    /// The client as nginx's error log names it: the address, or `unix:`.
+    /// Made when a line is written, not for every request.
+    pub fn client_text(&self) -> std::borrow::Cow<'static, str> {
+        self.client
+            .map_or("unix:".into(), |ip| crate::proxy::vars::ip_text(ip).into())
     }
 
     /// The Host header (else the target's authority), if there was one.
@@ -251,6 +258,7 @@ pub fn nginx_line(
     // getpid() is a system call each time: ask once.
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let pid = *PID.get_or_init(std::process::id);
+    let client = req.client_text();
     let mut s = String::with_capacity(512);
     push_log_time(&mut s);
     // Pieces pushed one by one: `write!` costs most of the line.
@@ -267,7 +275,7 @@ pub fn nginx_line(
     }
     for part in [
         ", client: ",
-        &req.client_addr,
+        &client,
         ", server: ",
         &*req.server_name,
         ", request: \"",
@@ -778,7 +786,7 @@ pub fn event(f: &Failure, req: &RequestSummary) {
         // `&str`, not `%` (Display): recorded without the formatting
         // machinery (docs/benchmarks.md).
         request_id = req.request_id.as_str(),
-        client = req.client_addr.as_str(),
+        client = &*req.client_text(),
         method = req.method.as_str(),
         uri = req.uri(),
         host = req.host().unwrap_or(""),
@@ -805,7 +813,6 @@ mod tests {
         RequestSummary {
             request_id: "abc".into(),
             client: "127.0.0.1".parse().ok(),
-            client_addr: "127.0.0.1".into(),
             method: http::Method::GET,
             target: Some(http::uri::PathAndQuery::from_static("/x.php")),
             protocol: "HTTP/1.1",
@@ -841,6 +848,12 @@ mod tests {
             l.contains("upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock\", host"),
             "{l}"
         );
+        // The client as nginx names it: IPv6 as written, a unix listener as `unix:`.
+        let mut r = req();
+        r.client = "::1".parse().ok();
+        assert!(nginx_line("error", "m", None, &r).contains(", client: ::1, "));
+        r.client = None;
+        assert!(nginx_line("error", "m", None, &r).contains(", client: unix:, "));
     }
 
     fn proxy_status_of(r: &Rendered) -> String {

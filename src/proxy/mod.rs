@@ -409,9 +409,7 @@ impl Why502 {
         // own HTTP/1 server), else the request's.
         s.conn = session.connection_number().unwrap_or(n);
         s.request_id = new_request_id(n);
-        let client = session.client_addr().map(|a| a.ip());
-        s.client = client;
-        s.client_addr = client.map(vars::ip_text).unwrap_or_else(|| "unix:".into());
+        s.client = session.client_addr().map(|a| a.ip());
         s.method = req.method.clone();
         s.target = req.uri.path_and_query().cloned();
         s.protocol = match req.version {

@@ -137,24 +137,25 @@ fn host_part(h: &str) -> &str {
 /// An IP address as text, without `core::fmt` for IPv4 (the `Display` impl
 /// pads and aligns and showed up in profiles: two addresses per request).
 pub fn ip_text(ip: std::net::IpAddr) -> String {
-    with_ip_text(ip, str::to_owned)
-}
-
-/// Appends an IP address as text, as bytes (a FastCGI param).
-fn put_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
-    with_ip_text(ip, |t| out.extend_from_slice(t.as_bytes()))
-}
-
-/// Hands `f` an IP address as text: IPv4 from a stack buffer, IPv6 through
-/// `Display`.
-fn with_ip_text<R>(ip: std::net::IpAddr, f: impl FnOnce(&str) -> R) -> R {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let (buf, n) = v4_text(v4);
             // Digits and dots only.
-            f(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+            String::from_utf8_lossy(&buf[..n]).into_owned()
         }
-        v6 => f(&v6.to_string()),
+        v6 => v6.to_string(),
+    }
+}
+
+/// Appends an IP address as text, as bytes (a FastCGI param).
+fn put_ip(out: &mut BytesMut, ip: std::net::IpAddr) {
+    match ip {
+        // The digits as bytes, without checking them as UTF-8 first.
+        std::net::IpAddr::V4(v4) => {
+            let (buf, n) = v4_text(v4);
+            out.extend_from_slice(&buf[..n]);
+        }
+        v6 => out.extend_from_slice(v6.to_string().as_bytes()),
     }
 }
 
