@@ -7,6 +7,14 @@ use std::process::Command;
 use crate::harness::*;
 use crate::support;
 
+/// The config `yaml` with its listener taking h2c (prior knowledge) too.
+fn h2c(yaml: &str) -> String {
+    yaml.replace(
+        "listen: [\"{listen}\"]",
+        "listen: [{ address: \"{listen}\", http2: true }]",
+    )
+}
+
 /// `curl --http2-prior-knowledge`: (exit code, "http_version status size", headers).
 fn curl_h2(addr: &str, path: &str) -> (i32, String, String) {
     let out = Command::new("curl")
@@ -37,10 +45,7 @@ fn curl_h2(addr: &str, path: &str) -> (i32, String, String) {
 fn h2c_clients_get_diagnosis_and_aborted_streams() {
     let dir = support::temp_dir();
     let fpm = fpm(dir.path(), vec![pool("www")]);
-    let yaml = php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", "").replace(
-        "listen: [\"{listen}\"]",
-        "listen: [{ address: \"{listen}\", http2: true }]",
-    );
+    let yaml = h2c(&php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", ""));
     let p = Proxy::yaml(dir.path(), &yaml);
 
     let (code, summary, _) = curl_h2(&p.addr, "/big.php?mb=4");
@@ -75,10 +80,7 @@ fn h2c_clients_get_diagnosis_and_aborted_streams() {
 fn h2c_whole_response_is_one_data_frame() {
     let dir = support::temp_dir();
     let fpm = fpm(dir.path(), vec![pool("www")]);
-    let yaml = php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", "").replace(
-        "listen: [\"{listen}\"]",
-        "listen: [{ address: \"{listen}\", http2: true }]",
-    );
+    let yaml = h2c(&php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", ""));
     let p = Proxy::yaml(dir.path(), &yaml);
     let out = Command::new("nghttp")
         .args(["-v", "-t", "20"])
@@ -109,10 +111,7 @@ fn h2c_access_log_reads_the_sent_header() {
     let top = format!(
         "log:\n  access_log: {{ path: {d}/a.log, format: c }}\n  log_formats:\n    c: {{ format: '$status|$sent_http_content_type|$sent_http_why502_cause|$bytes_sent|$body_bytes_sent' }}\n"
     );
-    let yaml = php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", &top).replace(
-        "listen: [\"{listen}\"]",
-        "listen: [{ address: \"{listen}\", http2: true }]",
-    );
+    let yaml = h2c(&php_yaml(&www(), &fpm_addr(&fpm, "www"), "", "", &top));
     let p = Proxy::yaml(dir.path(), &yaml);
     let (code, summary, _) = curl_h2(&p.addr, "/hello.php");
     assert_eq!((code, summary.as_str()), (0, "2 200 5"), "{summary}");
@@ -152,17 +151,13 @@ fn h2c_streams_uploads_and_http1_on_one_listener() {
     let top = format!(
         "log:\n  access_log: {{ path: {d}/a.log, format: c }}\n  log_formats:\n    c: {{ format: '$connection $server_protocol $request_method $status $body_bytes_sent $request_length' }}\n"
     );
-    let yaml = php_yaml(
+    let yaml = h2c(&php_yaml(
         &www(),
         &fpm_addr(&fpm, "www"),
         "",
         "client_max_body_size: 8m",
         &top,
-    )
-    .replace(
-        "listen: [\"{listen}\"]",
-        "listen: [{ address: \"{listen}\", http2: true }]",
-    );
+    ));
     let p = Proxy::yaml(dir.path(), &yaml);
     let url = |path: &str| format!("http://{}{path}", p.addr);
 
