@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -111,10 +112,14 @@ fn peek_byte(fd: i32) -> isize {
     }
 }
 
-/// Wakes the idle sweeper (see [`Conn::watch`]).
+/// Wakes the idle sweeper: when the peer of an idle connection closes it
+/// or sends something (see [`Conn::watch`]), and when a pool goes over its
+/// `keepalive` limit (see [`UpstreamState::put_idle`]).
 #[derive(Default)]
 pub struct IdleWatch {
     sweeper: std::sync::OnceLock<std::thread::Thread>,
+    /// A pool holds more than `keepalive` idle connections.
+    over: std::sync::atomic::AtomicBool,
 }
 
 impl IdleWatch {
@@ -122,17 +127,38 @@ impl IdleWatch {
     pub fn set_sweeper(&self, t: std::thread::Thread) {
         let _ = self.sweeper.set(t);
     }
-}
 
-impl std::task::Wake for IdleWatch {
-    fn wake(self: std::sync::Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+    fn wake(&self) {
         if let Some(t) = self.sweeper.get() {
             t.unpark();
         }
     }
+}
+
+impl std::task::Wake for IdleWatch {
+    fn wake(self: std::sync::Arc<Self>) {
+        IdleWatch::wake(&self);
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        IdleWatch::wake(self);
+    }
+}
+
+/// How long an idle FastCGI connection beyond the upstream's `keepalive`
+/// limit is kept for the next request (see [`UpstreamState::put_idle`]).
+pub const EXCESS_LINGER: Duration = Duration::from_millis(2);
+
+/// Closes the oldest idle connections of a pool (`p`, oldest first) while
+/// it holds more than `cap` and the oldest has been idle for
+/// [`EXCESS_LINGER`].
+fn trim_excess(p: &mut Vec<(Conn, Instant)>, cap: usize, now: Instant) {
+    let excess = p.len().saturating_sub(cap);
+    let old = p
+        .iter()
+        .take(excess)
+        .take_while(|(_, since)| now.saturating_duration_since(*since) >= EXCESS_LINGER)
+        .count();
+    p.drain(..old);
 }
 
 /// True if the socket `fd` is open and has no unread data.
@@ -643,7 +669,7 @@ type PerThread<T> = Vec<Mutex<Vec<T>>>;
 /// threads do not contend for one lock. (With one single-threaded runtime
 /// per thread this also keeps a connection on the reactor that opened it.)
 fn pool_slot(n: usize) -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
     SLOT.with(|s| *s) % n.max(1)
@@ -803,7 +829,15 @@ impl UpstreamState {
         }
     }
 
-    /// Returns a connection to the idle pool (dropped if the pool is full).
+    /// Returns a connection to the idle pool.
+    ///
+    /// A pool already holding `keepalive` connections takes it too, for
+    /// [`EXCESS_LINGER`]: the connections beyond `keepalive` that have been
+    /// idle that long are closed here, oldest first, and by the idle sweeper
+    /// when no request comes (see [`IdleWatch`]). nginx closes the oldest
+    /// at once; under a load that keeps a few more than `keepalive` requests
+    /// in flight, it closes connections one moment and opens new ones the
+    /// next (a TCP upstream then runs out of ephemeral ports).
     pub fn put_idle(&self, i: usize, c: Conn) {
         // Closed by PHP-FPM already (a retiring worker): dropped now.
         if !c.watch(&self.waker) {
@@ -812,8 +846,12 @@ impl UpstreamState {
         let slots = self.idle.get(i).map(Vec::as_slice).unwrap_or_default();
         if let Some(pool) = slots.get(pool_slot(slots.len())) {
             if let Ok(mut p) = pool.lock() {
-                if p.len() < self.config.keepalive.max(1) {
-                    p.push((c, Instant::now()));
+                let cap = self.config.keepalive.max(1);
+                let now = Instant::now();
+                trim_excess(&mut p, cap, now);
+                p.push((c, now));
+                if p.len() > cap && !self.watch.over.swap(true, Ordering::Relaxed) {
+                    self.watch.wake();
                 }
             }
         }
@@ -826,14 +864,31 @@ impl UpstreamState {
     /// Also closes the idle connections their peer has closed or sent
     /// something on (see [`Conn::watch`]); the sweeper runs this when
     /// [`IdleWatch`] wakes it, not only every second.
-    pub fn expire_idle(&self) {
+    ///
+    /// Closes the connections beyond `keepalive` idle for [`EXCESS_LINGER`]
+    /// too. True if a pool still holds more than `keepalive`: the sweeper
+    /// then comes back after [`EXCESS_LINGER`], not after a second.
+    pub fn expire_idle(&self) -> bool {
+        // Cleared first: a connection put over the limit from now on sets
+        // it again and wakes the sweeper.
+        self.watch.over.store(false, Ordering::Relaxed);
+        let cap = self.config.keepalive.max(1);
+        let now = Instant::now();
+        let mut over = false;
         for pool in self.idle.iter().flatten() {
             if let Ok(mut p) = pool.lock() {
                 p.retain(|(c, since)| {
-                    since.elapsed() < self.config.keepalive_timeout && c.watch(&self.waker)
+                    now.saturating_duration_since(*since) < self.config.keepalive_timeout
+                        && c.watch(&self.waker)
                 });
+                trim_excess(&mut p, cap, now);
+                over |= p.len() > cap;
             }
         }
+        if over {
+            self.watch.over.store(true, Ordering::Relaxed);
+        }
+        over
     }
 
     /// Idle FastCGI connections currently pooled (all servers).
@@ -931,6 +986,48 @@ mod tests {
             }
             Pick::Server(i) => panic!("picked {i}"),
         }
+    }
+
+    #[test]
+    fn connections_beyond_keepalive_linger_then_close_oldest_first() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let u = up(&[(1, false)]); // keepalive 2
+                                       // The far ends stay open: a closed peer is dropped at put.
+            let (mut conns, peers): (Vec<_>, Vec<_>) = (0..5)
+                .map(|_| UnixStream::pair().expect("socketpair"))
+                .unzip();
+            let fds: Vec<i32> = conns.iter().map(|c| c.as_raw_fd()).collect();
+            let mut conns = conns.drain(..).map(Conn::Unix);
+            let closed = |i: usize| peek_byte(peers[i].as_raw_fd()) == 0;
+            for c in conns.by_ref().take(3) {
+                u.put_idle(0, c);
+            }
+            // Three idle against keepalive 2: all kept for now.
+            assert_eq!(u.idle_count(), 3);
+            assert!(
+                u.expire_idle(),
+                "over the limit: the sweeper comes back soon"
+            );
+            assert_eq!(u.idle_count(), 3);
+            std::thread::sleep(EXCESS_LINGER + Duration::from_millis(2));
+            // The next put closes the one beyond the limit, the oldest.
+            u.put_idle(0, conns.next().expect("4th"));
+            assert_eq!(u.idle_count(), 3);
+            assert!(closed(0) && !closed(1) && !closed(2));
+            let took = u.take_idle(0).map(|c| c.raw_fd());
+            assert_eq!(took, Some(fds[3]), "the most recent is taken first");
+            // The sweeper closes what lingers once no request comes.
+            u.put_idle(0, conns.next().expect("5th"));
+            assert_eq!(u.idle_count(), 3);
+            std::thread::sleep(EXCESS_LINGER + Duration::from_millis(2));
+            assert!(!u.expire_idle(), "back to the limit");
+            assert_eq!(u.idle_count(), 2);
+            assert!(closed(1) && !closed(2) && !closed(4));
+        });
     }
 
     #[test]

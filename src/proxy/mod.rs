@@ -89,17 +89,28 @@ impl Runtime {
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "localhost".into());
         // Idle FastCGI connections hold PHP-FPM workers: close them after
-        // IDLE_TIMEOUT even when no request comes to take them, and as soon
-        // as PHP-FPM closes them (woken through `IdleWatch`).
+        // IDLE_TIMEOUT even when no request comes to take them, as soon as
+        // PHP-FPM closes them, and those beyond `keepalive` after
+        // EXCESS_LINGER (woken through `IdleWatch`).
         let pools: Vec<Arc<UpstreamState>> = upstreams.values().cloned().collect();
         if !pools.is_empty() {
             let watches: Vec<_> = pools.iter().map(|p| p.watch.clone()).collect();
             let sweeper = std::thread::Builder::new()
                 .name("why502-idle-sweep".into())
-                .spawn(move || loop {
-                    std::thread::park_timeout(std::time::Duration::from_secs(1));
-                    for p in &pools {
-                        p.expire_idle();
+                .spawn(move || {
+                    let mut over = false;
+                    loop {
+                        // Back soon while a pool holds more than its
+                        // `keepalive` (see `UpstreamState::put_idle`).
+                        std::thread::park_timeout(if over {
+                            crate::upstream::EXCESS_LINGER
+                        } else {
+                            std::time::Duration::from_secs(1)
+                        });
+                        over = false;
+                        for p in &pools {
+                            over |= p.expire_idle();
+                        }
                     }
                 });
             if let Ok(t) = sweeper {

@@ -65,11 +65,19 @@ impl Proxy {
 
     /// A YAML config: every `{listen}` in `yaml` becomes `127.0.0.1:PORT`.
     pub fn yaml(dir: &Path, yaml: &str) -> Proxy {
+        Proxy::yaml_flags(dir, yaml, &[])
+    }
+
+    /// A YAML config with command-line flags after it (`--threads 1`: the
+    /// harness passes `--threads 2` otherwise).
+    pub fn yaml_flags(dir: &Path, yaml: &str, flags: &[&str]) -> Proxy {
         let path = dir.join("why502.yaml");
         Proxy::spawn(dir, &[], |port| {
             let text = yaml.replace("{listen}", &format!("127.0.0.1:{port}"));
             std::fs::write(&path, text).expect("write why502.yaml");
-            vec!["--config".to_string(), path.display().to_string()]
+            let mut v = vec!["--config".to_string(), path.display().to_string()];
+            v.extend(flags.iter().map(|s| s.to_string()));
+            v
         })
     }
 

@@ -486,3 +486,71 @@ fn idle_keep_conn_connections_expire_and_release_the_php_worker() {
         t0.elapsed()
     );
 }
+
+/// Established TCP connections to 127.0.0.1:`port` (`/proc/net/tcp`).
+fn connections_to(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let to = format!("0100007F:{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(2) == Some(&to.as_str()) && f.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[test]
+fn connections_beyond_keepalive_are_closed_right_after_a_burst() {
+    // Four requests at once on `keepalive: 1`: four connections to PHP-FPM.
+    // The three beyond the limit linger for a moment (for the next burst)
+    // and are closed within milliseconds, not at the sweeper's next second:
+    // each holds a PHP-FPM worker.
+    let dir = support::temp_dir();
+    let mut spec = why502::fpm::PoolSpec::new("tcp", why502::fpm::Listen::Tcp(0));
+    spec.max_children = 4;
+    let fpm = fpm(dir.path(), vec![spec]);
+    let Some(why502::fpm::Listen::Tcp(port)) = fpm.listen_of("tcp").cloned() else {
+        panic!("no TCP port for the pool");
+    };
+    let top = format!("upstreams:\n  php:\n    servers: [\"127.0.0.1:{port}\"]\n    keepalive: 1");
+    // One thread: `keepalive` is per thread.
+    let p = Arc::new(Proxy::yaml_flags(
+        dir.path(),
+        &php_yaml(&www(), "php", "keep_conn: true", "", &top),
+        &["--threads", "1"],
+    ));
+    let burst: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            std::thread::spawn(move || p.get("/sleep.php?s=1"))
+        })
+        .collect();
+    // All four in flight at once.
+    let t0 = Instant::now();
+    while connections_to(port) < 4 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        connections_to(port),
+        4,
+        "the burst did not open 4 connections"
+    );
+    for t in burst {
+        let r = t.join().expect("request thread");
+        assert_eq!((r.status, r.text().as_str()), (200, "slept 1"), "{r:?}");
+    }
+    let done = Instant::now();
+    while connections_to(port) > 1 && done.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = done.elapsed();
+    assert_eq!(connections_to(port), 1, "keepalive 1 keeps one");
+    assert!(
+        took < Duration::from_millis(400),
+        "the connections beyond keepalive were closed only after {took:?}"
+    );
+    // The one kept is reused.
+    assert_eq!(p.get("/hello.php").status, 200);
+    assert_eq!(connections_to(port), 1);
+}
