@@ -433,10 +433,14 @@ fn diagnose_connect(addr: &Addr, e: &io::Error, errno: i32) -> Failure {
     if let (Cause::ConnectSocketMissing, Addr::Unix(p)) = (cause, addr) {
         let others = sibling_sockets(p);
         if !others.is_empty() {
+            let found = match others.split_last() {
+                Some((one, [])) => format!("{one} does"),
+                Some((last, rest)) => format!("{} and {last} do", rest.join(", ")),
+                None => String::new(),
+            };
             f = f.with_hint(format!(
-                "{} does not exist, but {} does: is the upstream still configured for an older PHP version?",
+                "{} does not exist, but {found}: is the upstream still configured for an older PHP version?",
                 p.display(),
-                others.join(", ")
             ));
         } else if p.parent().is_some_and(|d| !d.exists()) {
             f = f.with_hint(format!(
@@ -1028,6 +1032,33 @@ mod tests {
             assert_eq!(u.idle_count(), 2);
             assert!(closed(1) && !closed(2) && !closed(4));
         });
+    }
+
+    #[test]
+    fn missing_socket_hint_names_the_sockets_beside_it() {
+        let hint = |dir: &Path| {
+            let missing = Addr::Unix(dir.join("php8.2-fpm.sock"));
+            let e = io::Error::from_raw_os_error(libc::ENOENT);
+            diagnose_connect(&missing, &e, libc::ENOENT)
+                .extra_hint
+                .unwrap_or_default()
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _a = std::os::unix::net::UnixListener::bind(dir.path().join("php7.4-fpm.sock"))
+            .expect("bind");
+        let one = hint(dir.path());
+        assert!(
+            one.contains("php7.4-fpm.sock does: is the upstream"),
+            "{one}"
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _a = std::os::unix::net::UnixListener::bind(dir.path().join("a.sock")).expect("bind");
+        let _b = std::os::unix::net::UnixListener::bind(dir.path().join("b.sock")).expect("bind");
+        let two = hint(dir.path());
+        assert!(
+            two.contains("a.sock and ") && two.contains("b.sock do: is the upstream"),
+            "{two}"
+        );
     }
 
     #[test]
