@@ -27,8 +27,9 @@ pub struct Failure {
     /// fails the same way for every request) keeps the same text, which
     /// the thread's last page then recognises by pointer.
     pub details: Arc<str>,
-    /// A hint computed at run time, shown after the table's hint (trusted only).
-    pub extra_hint: Option<String>,
+    /// A hint computed at run time, shown after the table's hint (trusted
+    /// only). Shared, like `details`.
+    pub extra_hint: Option<Arc<str>>,
     /// The upstream's own status (App causes).
     pub upstream_status: Option<u16>,
 }
@@ -45,7 +46,7 @@ impl Failure {
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.extra_hint = Some(hint.into());
+        self.extra_hint = Some(Arc::from(hint.into()));
         self
     }
 
@@ -522,7 +523,7 @@ struct LastPage {
     upstream_status: Option<u16>,
     trusted: bool,
     details: Arc<str>,
-    extra_hint: Option<String>,
+    extra_hint: Option<Arc<str>>,
     stderr: String,
     next_hop: Arc<str>,
     head: Bytes,
@@ -543,7 +544,10 @@ impl LastPage {
             && self.upstream_status == f.upstream_status
             && self.trusted == trusted
             && (Arc::ptr_eq(&self.details, &f.details) || self.details == f.details)
-            && self.extra_hint == f.extra_hint
+            && match (&self.extra_hint, &f.extra_hint) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                (a, b) => a.is_none() && b.is_none(),
+            }
             && self.stderr == req.stderr_excerpt
             // The same server's name is the same `Arc` (made once).
             && (Arc::ptr_eq(&self.next_hop, &req.next_hop) || self.next_hop == req.next_hop)
@@ -719,7 +723,7 @@ pub fn render(
             obj["details"] = (&*f.details).into();
             obj["upstream"] = (&*req.next_hop).into();
             if let Some(h) = &f.extra_hint {
-                obj["extra_hint"] = h.clone().into();
+                obj["extra_hint"] = (&**h).into();
             }
             if !req.stderr_excerpt.is_empty() {
                 obj["stderr"] = req.stderr_excerpt.clone().into();
