@@ -546,7 +546,8 @@ impl LastPage {
             && (Arc::ptr_eq(&self.details, &f.details) || self.details == f.details)
             && match (&self.extra_hint, &f.extra_hint) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                (a, b) => a.is_none() && b.is_none(),
+                (None, None) => true,
+                _ => false,
             }
             && self.stderr == req.stderr_excerpt
             // The same server's name is the same `Arc` (made once).

@@ -128,7 +128,7 @@ impl IdleWatch {
         let _ = self.sweeper.set(t);
     }
 
-    fn wake(&self) {
+    fn wake_sweeper(&self) {
         if let Some(t) = self.sweeper.get() {
             t.unpark();
         }
@@ -137,10 +137,10 @@ impl IdleWatch {
 
 impl std::task::Wake for IdleWatch {
     fn wake(self: std::sync::Arc<Self>) {
-        IdleWatch::wake(&self);
+        self.wake_sweeper();
     }
     fn wake_by_ref(self: &std::sync::Arc<Self>) {
-        IdleWatch::wake(self);
+        self.wake_sweeper();
     }
 }
 
@@ -833,6 +833,12 @@ impl UpstreamState {
         }
     }
 
+    /// How many idle FastCGI connections a pool keeps past
+    /// [`EXCESS_LINGER`]: `keepalive`.
+    fn idle_cap(&self) -> usize {
+        self.config.keepalive.max(1)
+    }
+
     /// Returns a connection to the idle pool.
     ///
     /// A pool already holding `keepalive` connections takes it too, for
@@ -850,12 +856,12 @@ impl UpstreamState {
         let slots = self.idle.get(i).map(Vec::as_slice).unwrap_or_default();
         if let Some(pool) = slots.get(pool_slot(slots.len())) {
             if let Ok(mut p) = pool.lock() {
-                let cap = self.config.keepalive.max(1);
+                let cap = self.idle_cap();
                 let now = Instant::now();
                 trim_excess(&mut p, cap, now);
                 p.push((c, now));
                 if p.len() > cap && !self.watch.over.swap(true, Ordering::Relaxed) {
-                    self.watch.wake();
+                    self.watch.wake_sweeper();
                 }
             }
         }
@@ -876,7 +882,7 @@ impl UpstreamState {
         // Cleared first: a connection put over the limit from now on sets
         // it again and wakes the sweeper.
         self.watch.over.store(false, Ordering::Relaxed);
-        let cap = self.config.keepalive.max(1);
+        let cap = self.idle_cap();
         let now = Instant::now();
         let mut over = false;
         for pool in self.idle.iter().flatten() {
@@ -999,8 +1005,9 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let u = up(&[(1, false)]); // keepalive 2
-                                       // The far ends stay open: a closed peer is dropped at put.
+            // keepalive 2. The far ends stay open: a closed peer is
+            // dropped at put.
+            let u = up(&[(1, false)]);
             let (mut conns, peers): (Vec<_>, Vec<_>) = (0..5)
                 .map(|_| UnixStream::pair().expect("socketpair"))
                 .unzip();
