@@ -795,6 +795,12 @@ impl UpstreamState {
         let Some(cfg) = self.config.servers.get(i) else {
             return;
         };
+        if self.config.servers.len() == 1 {
+            // The only server is never marked down and its last failure is
+            // never shown (`pick`): nothing to record, no lock for the
+            // threads to share on every 502.
+            return;
+        }
         if let Ok(mut st) = self.state.lock() {
             let s = &mut st[i];
             s.last_failure = Some(what.to_string());
@@ -982,6 +988,24 @@ mod tests {
             .collect();
         // nginx's documented sequence for weights 5,1,1: a a b a c a a
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn the_only_server_is_never_marked_down() {
+        // nginx: an upstream of one server is always tried, whatever
+        // max_fails says; a retry on it is "no live upstreams".
+        let u = up(&[(1, false)]);
+        for _ in 0..5 {
+            u.failed(0, "connect() failed (111: Connection refused)");
+        }
+        assert!(matches!(u.pick(&[]), Pick::Server(0)));
+        assert!(matches!(u.pick(&[0]), Pick::NoneLive(_)));
+        // A two-server upstream with the same default max_fails (1) does
+        // mark a failed server down.
+        let two = up(&[(1, false), (1, false)]);
+        two.failed(0, "refused");
+        assert!(matches!(two.pick(&[]), Pick::Server(1)));
+        assert!(matches!(two.pick(&[]), Pick::Server(1)));
     }
 
     #[test]
