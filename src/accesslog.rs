@@ -342,11 +342,12 @@ pub fn escape_default(s: &[u8], out: &mut Vec<u8>) {
 
 /// nginx's JSON escaping (`ngx_escape_json`): bytes from 0x80 up are copied.
 pub fn escape_json(s: &[u8], out: &mut Vec<u8>) {
-    // Checked eight bytes at a time, as one word (the bit tricks below
-    // answer "is any byte of the word ..." exactly); only a word with
-    // something to escape is walked byte by byte, and the clean runs
-    // between escapes are copied whole. nginx's error-log message in a
-    // failure event has a dozen quotes in 250 bytes, or none.
+    // Checked sixteen bytes at a time (x86-64), then eight, as one word
+    // (the bit tricks below answer "is any byte of the word ..."
+    // exactly); only a chunk with something to escape is walked byte by
+    // byte, and the clean runs between escapes are copied whole. nginx's
+    // error-log message in a failure event has a dozen quotes in 250
+    // bytes, or none.
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
@@ -360,7 +361,17 @@ pub fn escape_json(s: &[u8], out: &mut Vec<u8>) {
     let word = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
     let mut from = 0;
     let mut at = 0;
-    for w in s.chunks_exact(8) {
+    // On x86-64, sixteen bytes at a time first (SSE2, which every x86-64
+    // has): about a quarter of the instructions of the word check, and the
+    // failure event escapes some 600 bytes per 502.
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = s.get(at..at + 16) {
+        if sse2_dirty(chunk) {
+            escape_bytes(s, at, at + 16, &mut from, out);
+        }
+        at += 16;
+    }
+    while let Some(w) = s.get(at..at + 8) {
         if dirty(word(w)) {
             escape_bytes(s, at, at + 8, &mut from, out);
         }
@@ -381,6 +392,30 @@ pub fn escape_json(s: &[u8], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(&s[from..]);
+}
+
+/// Whether 16 bytes hold a byte [`escape_json`] escapes: `"`, `\` or a
+/// control character (below 0x20).
+#[cfg(target_arch = "x86_64")]
+fn sse2_dirty(chunk: &[u8]) -> bool {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    let Ok(bytes) = <&[u8; 16]>::try_from(chunk) else {
+        return true;
+    };
+    // SAFETY: SSE2 is part of the x86-64 baseline (always enabled for this
+    // target), and the load reads exactly the 16 bytes of `bytes`
+    // (unaligned loads are allowed).
+    unsafe {
+        let v = _mm_loadu_si128(bytes.as_ptr().cast::<__m128i>());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Unsigned v <= 0x1f: the minimum of the two is v itself.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) != 0
+    }
 }
 
 /// [`escape_json`] for `s[at..end]`, which holds something to escape: the
@@ -720,17 +755,20 @@ mod tests {
                 assert_eq!(out, reference(&s), "{:?}", String::from_utf8_lossy(&s));
             }
         }
-        // Every byte value at every place of a word, among neighbours next
-        // to the values the word check looks for (a borrow between bytes
-        // must not hide one).
-        for fill in [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x80, 0xff] {
-            for at in 0..8 {
-                for v in 0..=255u8 {
-                    let mut s = [fill; 8];
-                    s[at] = v;
-                    out.clear();
-                    escape_json(&s, &mut out);
-                    assert_eq!(out, reference(&s), "{s:?}");
+        // Every byte value at every place of a word (8), of a 16-byte chunk
+        // (16) and of both (24), among neighbours next to the values the
+        // checks look for (a borrow between bytes must not hide one, nor a
+        // signed comparison a byte from 0x80 up).
+        for len in [8, 16, 24] {
+            for fill in [b'a', 0x1f, 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x80, 0xff] {
+                for at in 0..len {
+                    for v in 0..=255u8 {
+                        let mut s = vec![fill; len];
+                        s[at] = v;
+                        out.clear();
+                        escape_json(&s, &mut out);
+                        assert_eq!(out, reference(&s), "{s:?}");
+                    }
                 }
             }
         }
