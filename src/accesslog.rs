@@ -614,9 +614,9 @@ impl LogFile {
         if l.buf.is_empty() {
             return;
         }
-        let Ok(mut out) = self.out.lock() else {
-            return;
-        };
+        // A panic while writing (none is expected) leaves the lines to
+        // the next writer rather than growing the buffer for good.
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let spare = std::mem::take(&mut l.spare);
         let mut batch = std::mem::replace(&mut l.buf, spare);
         drop(l);
@@ -634,7 +634,8 @@ impl LogFile {
 impl Drop for LogFile {
     /// The last `access_log` using the file is gone (shutdown): write the rest.
     fn drop(&mut self) {
-        if let (Ok(l), Ok(out)) = (self.lines.get_mut(), self.out.get_mut()) {
+        let out = self.out.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Ok(l) = self.lines.get_mut() {
             out.write(&l.buf, &self.path);
         }
     }
