@@ -22,7 +22,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, TryLockError, Weak};
 use std::time::Duration;
 
 use crate::config::Var;
@@ -517,6 +517,9 @@ pub fn push_secs(d: Duration, out: &mut Vec<u8>) {
 const FLUSH_BYTES: usize = 64 * 1024;
 /// ...or for at most this long (the flusher thread's period).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Lines pile up past [`FLUSH_BYTES`] while the batch before is still being
+/// written, up to this much; then a line waits for that write.
+const MAX_BUFFERED: usize = 4 * FLUSH_BYTES;
 
 /// One open log file (access log, failure events), shared by every
 /// `access_log` that names it. Lines are appended to a buffer under a mutex
@@ -526,7 +529,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 ///
 /// The `write()` runs outside the buffer's mutex: the full buffer is
 /// swapped for a spare and written under a second mutex, so the other
-/// threads keep appending meanwhile. (Written under the buffer's mutex, a
+/// threads keep appending meanwhile; a buffer that fills while the batch
+/// before is still being written keeps filling, up to [`MAX_BUFFERED`]. (Written under the buffer's mutex, a
 /// 64 KiB `write()` made the other worker threads wait on every line they
 /// logged meanwhile, for milliseconds when the writer was preempted: 770
 /// futex sleeps in 2 s on the 502 path, docs/benchmarks.md.)
@@ -596,27 +600,44 @@ impl LogFile {
             return;
         };
         l.buf.extend_from_slice(line);
-        if l.buf.len() >= FLUSH_BYTES {
-            self.write_out(l);
+        if l.buf.len() < FLUSH_BYTES {
+            return;
         }
+        // The batch before may still be being written (its writer
+        // preempted, say): waiting for it here would hold up every thread
+        // appending. The next line tries again; past [`MAX_BUFFERED`] the
+        // line waits, so memory stays bounded. (Waits for the output mutex
+        // take it first, then the buffer's: no thread holds the buffer
+        // while it waits.)
+        let out = match self.out.try_lock() {
+            Ok(out) => out,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) if l.buf.len() < MAX_BUFFERED => return,
+            Err(TryLockError::WouldBlock) => {
+                drop(l);
+                return self.flush();
+            }
+        };
+        self.write_out(l, out);
     }
 
     /// Writes what is buffered.
     pub fn flush(&self) {
-        if let Ok(l) = self.lines.lock() {
-            self.write_out(l);
+        // A panic while writing (none is expected) leaves the lines to
+        // the next writer rather than growing the buffer for good.
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(l) = self.lines.lock() else {
+            return;
+        };
+        if !l.buf.is_empty() {
+            self.write_out(l, out);
         }
     }
 
-    /// Takes the buffered lines (the caller holds the buffer's mutex) and
-    /// writes them with only the output mutex held.
-    fn write_out(&self, mut l: MutexGuard<'_, Lines>) {
-        if l.buf.is_empty() {
-            return;
-        }
-        // A panic while writing (none is expected) leaves the lines to
-        // the next writer rather than growing the buffer for good.
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes the buffered lines and writes them with only the output
+    /// mutex held (taken before the buffer's is let go: batches land in
+    /// order).
+    fn write_out(&self, mut l: MutexGuard<'_, Lines>, mut out: MutexGuard<'_, Out>) {
         let spare = std::mem::take(&mut l.spare);
         let mut batch = std::mem::replace(&mut l.buf, spare);
         drop(l);
@@ -907,6 +928,35 @@ mod tests {
         drop(writing);
         f.flush();
         assert_eq!(std::fs::read_to_string(&p).expect("read"), "during\n");
+    }
+
+    #[test]
+    fn a_full_buffer_does_not_wait_for_the_write_before() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("a.log");
+        let f = LogFile::open(&p).expect("open");
+        // The batch before is being written: a line that fills the buffer
+        // leaves it to the next writer (up to MAX_BUFFERED).
+        let writing = f.out.lock().expect("lock");
+        let f2 = f.clone();
+        let h = std::thread::spawn(move || {
+            let line = [b"x".repeat(1023), b"\n".to_vec()].concat();
+            for _ in 0..2 * FLUSH_BYTES / 1024 {
+                f2.write_line(&line);
+            }
+        });
+        let t0 = std::time::Instant::now();
+        while !h.is_finished() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "a full buffer waited for the write"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(writing);
+        f.flush();
+        let len = std::fs::metadata(&p).expect("meta").len();
+        assert_eq!(len, 2 * FLUSH_BYTES as u64);
     }
 
     #[test]
