@@ -553,6 +553,37 @@ impl LastPage {
             // The same server's name is the same `Arc` (made once).
             && (Arc::ptr_eq(&self.next_hop, &req.next_hop) || self.next_hop == req.next_hop)
     }
+
+    /// After a match by text: keeps the failure's own shared texts, so
+    /// that the next requests match by pointer again. A failing upstream's
+    /// diagnosis is remade every second (`upstream::connect_failure`), with
+    /// new texts equal to the old; without this every request after the
+    /// first second compared them byte by byte.
+    fn adopt(&mut self, f: &Failure, req: &RequestSummary) {
+        if !Arc::ptr_eq(&self.details, &f.details) {
+            self.details = f.details.clone();
+        }
+        if let (Some(a), Some(b)) = (&mut self.extra_hint, &f.extra_hint) {
+            if !Arc::ptr_eq(a, b) {
+                *a = b.clone();
+            }
+        }
+        if !Arc::ptr_eq(&self.next_hop, &req.next_hop) {
+            self.next_hop = req.next_hop.clone();
+        }
+    }
+
+    /// Whether the page's texts are the failure's own (not only equal).
+    #[cfg(test)]
+    fn shares_texts_with(&self, f: &Failure, req: &RequestSummary) -> bool {
+        Arc::ptr_eq(&self.details, &f.details)
+            && match (&self.extra_hint, &f.extra_hint) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+            && Arc::ptr_eq(&self.next_hop, &req.next_hop)
+    }
 }
 
 /// Calls `use_it` with the page and Proxy-Status for failure `f`: the last
@@ -565,7 +596,10 @@ fn with_last_page<R>(
 ) -> R {
     LAST_PAGE.with_borrow_mut(|last| {
         let page = match last {
-            Some(p) if p.is_for(f, req, trusted) => p,
+            Some(p) if p.is_for(f, req, trusted) => {
+                p.adopt(f, req);
+                p
+            }
             _ => {
                 let status = f.status();
                 let code = f.cause.info().code;
@@ -915,6 +949,28 @@ mod tests {
         assert!(render(&d, &g, &r, false, None)
             .text()
             .contains(">&lt;x&gt;<"));
+    }
+
+    #[test]
+    fn a_page_matched_by_text_takes_the_failures_texts() {
+        // A down upstream's diagnosis is remade every second with equal
+        // texts in new allocations: the page is reused, and it keeps the
+        // new ones so the next requests compare pointers, not bytes.
+        let d = Diagnostics::default();
+        let f = Failure::new(Cause::ConnectSocketMissing, "m", "the details").with_hint("a hint");
+        let r = req();
+        let first = render(&d, &f, &r, false, None);
+        let g = Failure::new(Cause::ConnectSocketMissing, "m", "the details").with_hint("a hint");
+        let mut r2 = req();
+        r2.next_hop = Arc::from(&*r.next_hop);
+        assert!(!Arc::ptr_eq(&f.details, &g.details));
+        let second = render(&d, &g, &r2, false, None);
+        assert_eq!(first.body[0].as_ptr(), second.body[0].as_ptr(), "reused");
+        let shares = |f: &Failure, r: &RequestSummary| {
+            LAST_PAGE.with_borrow(|p| p.as_ref().is_some_and(|p| p.shares_texts_with(f, r)))
+        };
+        assert!(shares(&g, &r2), "the page keeps the newer texts");
+        assert!(!shares(&f, &r));
     }
 
     #[test]
