@@ -549,7 +549,9 @@ impl LastPage {
                 (None, None) => true,
                 _ => false,
             }
-            && self.stderr == req.stderr_excerpt
+            // Empty on connect failures: no call into memcmp for nothing.
+            && self.stderr.len() == req.stderr_excerpt.len()
+            && (self.stderr.is_empty() || self.stderr == req.stderr_excerpt)
             // The same server's name is the same `Arc` (made once).
             && (Arc::ptr_eq(&self.next_hop, &req.next_hop) || self.next_hop == req.next_hop)
     }
