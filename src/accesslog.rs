@@ -530,10 +530,11 @@ const MAX_BUFFERED: usize = 4 * FLUSH_BYTES;
 /// The `write()` runs outside the buffer's mutex: the full buffer is
 /// swapped for a spare and written under a second mutex, so the other
 /// threads keep appending meanwhile; a buffer that fills while the batch
-/// before is still being written keeps filling, up to [`MAX_BUFFERED`]. (Written under the buffer's mutex, a
-/// 64 KiB `write()` made the other worker threads wait on every line they
-/// logged meanwhile, for milliseconds when the writer was preempted: 770
-/// futex sleeps in 2 s on the 502 path, docs/benchmarks.md.)
+/// before is still being written keeps filling, up to [`MAX_BUFFERED`].
+/// (Written under the buffer's mutex, a 64 KiB `write()` made the other
+/// worker threads wait on every line they logged meanwhile, for
+/// milliseconds when the writer was preempted: 770 futex sleeps in 2 s on
+/// the 502 path, docs/benchmarks.md.)
 pub struct LogFile {
     path: PathBuf,
     lines: Mutex<Lines>,
@@ -908,6 +909,16 @@ mod tests {
         }
     }
 
+    /// Fails with `what` unless the thread ends within 5 s (while the test
+    /// still holds what it must not wait for).
+    fn finishes_within_5s(h: &std::thread::JoinHandle<()>, what: &str) {
+        let t0 = std::time::Instant::now();
+        while !h.is_finished() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn lines_are_taken_while_a_batch_is_written() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -917,14 +928,7 @@ mod tests {
         let writing = f.out.lock().expect("lock");
         let f2 = f.clone();
         let h = std::thread::spawn(move || f2.write_line(b"during\n"));
-        let t0 = std::time::Instant::now();
-        while !h.is_finished() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "write_line waited for the write"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        finishes_within_5s(&h, "write_line waited for the write");
         drop(writing);
         f.flush();
         assert_eq!(std::fs::read_to_string(&p).expect("read"), "during\n");
@@ -945,14 +949,7 @@ mod tests {
                 f2.write_line(&line);
             }
         });
-        let t0 = std::time::Instant::now();
-        while !h.is_finished() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "a full buffer waited for the write"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        finishes_within_5s(&h, "a full buffer waited for the write");
         drop(writing);
         f.flush();
         let len = std::fs::metadata(&p).expect("meta").len();

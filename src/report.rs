@@ -574,18 +574,6 @@ impl LastPage {
             self.next_hop = req.next_hop.clone();
         }
     }
-
-    /// Whether the page's texts are the failure's own (not only equal).
-    #[cfg(test)]
-    fn shares_texts_with(&self, f: &Failure, req: &RequestSummary) -> bool {
-        Arc::ptr_eq(&self.details, &f.details)
-            && match (&self.extra_hint, &f.extra_hint) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            }
-            && Arc::ptr_eq(&self.next_hop, &req.next_hop)
-    }
 }
 
 /// Calls `use_it` with the page and Proxy-Status for failure `f`: the last
@@ -968,8 +956,18 @@ mod tests {
         assert!(!Arc::ptr_eq(&f.details, &g.details));
         let second = render(&d, &g, &r2, false, None);
         assert_eq!(first.body[0].as_ptr(), second.body[0].as_ptr(), "reused");
+        // The page's texts are the failure's own, not only equal.
         let shares = |f: &Failure, r: &RequestSummary| {
-            LAST_PAGE.with_borrow(|p| p.as_ref().is_some_and(|p| p.shares_texts_with(f, r)))
+            LAST_PAGE.with_borrow(|p| {
+                p.as_ref().is_some_and(|p| {
+                    Arc::ptr_eq(&p.details, &f.details)
+                        && p.extra_hint
+                            .as_ref()
+                            .zip(f.extra_hint.as_ref())
+                            .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+                        && Arc::ptr_eq(&p.next_hop, &r.next_hop)
+                })
+            })
         };
         assert!(shares(&g, &r2), "the page keeps the newer texts");
         assert!(!shares(&f, &r));
