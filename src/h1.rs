@@ -1634,6 +1634,34 @@ mod tests {
         }
     }
 
+    /// The HTTP/2 sniffing of a plain listener: a client that sends the
+    /// preface's start and closes its side is let go at once (nginx closes
+    /// too), not held for `client_header_timeout`; one that sends the
+    /// preface in pieces is still recognised.
+    #[tokio::test]
+    async fn a_preface_start_then_close_ends_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let (stream, mut c) = pair().await;
+        c.write_all(b"PRI").await.unwrap();
+        c.shutdown().await.unwrap();
+        let t = std::time::Instant::now();
+        let got = tokio::time::timeout(Duration::from_secs(5), crate::h2::sniff(&stream)).await;
+        assert_eq!(got.ok(), Some(None), "after {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+        let (stream, mut c) = pair().await;
+        c.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let sniff = tokio::spawn(async move { crate::h2::sniff(&stream).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), sniff).await;
+        assert_eq!(got.ok().and_then(|r| r.ok()), Some(Some(true)));
+
+        let (stream, mut c) = pair().await;
+        c.write_all(b"PRX").await.unwrap();
+        assert_eq!(crate::h2::sniff(&stream).await, Some(false));
+    }
+
     /// An idle keep-alive connection holds its task: the handler's future
     /// and the request parser's header array must not be part of it.
     #[tokio::test]

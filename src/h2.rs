@@ -55,9 +55,17 @@ const CONN_WINDOW: u32 = 1024 * 1024;
 
 /// Whether a new connection starts with the HTTP/2 preface. `None`: it
 /// closed, or sent nothing that tells within `client_header_timeout`.
+///
+/// The bytes are peeked, not read, so that either server reads them. A
+/// peek cannot see the end of the stream while bytes are waiting: a client
+/// that sent only the preface's start (`PRI`) and closed its side is seen
+/// through the socket's read-closed readiness, and one that sent it and
+/// waits is looked at again after longer and longer pauses, not every few
+/// milliseconds for the whole header timeout.
 pub async fn sniff(stream: &TcpStream) -> Option<bool> {
     let until = Instant::now() + HEADER_TIMEOUT;
     let mut buf = [0u8; PREFACE.len()];
+    let mut pause = SNIFF_PAUSE;
     loop {
         let n = tokio::time::timeout_at(until, stream.peek(&mut buf))
             .await
@@ -72,14 +80,25 @@ pub async fn sniff(stream: &TcpStream) -> Option<bool> {
         if n == PREFACE.len() {
             return Some(true);
         }
-        // Only the preface's start so far: look again shortly (peeking
-        // again at once would find the same bytes).
+        // Only the preface's start so far, and nothing more will come if
+        // the client has closed its side (answered by nginx with a close).
+        let ready = stream.ready(tokio::io::Interest::READABLE).await.ok()?;
+        if ready.is_read_closed() {
+            return None;
+        }
         if Instant::now() >= until {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep_until((Instant::now() + pause).min(until)).await;
+        pause = (pause * 2).min(SNIFF_PAUSE_MAX);
     }
 }
+
+/// The first pause of [`sniff`] before it looks again at a preface's start.
+const SNIFF_PAUSE: Duration = Duration::from_millis(5);
+/// Its longest pause: a client sending the preface a few bytes at a time
+/// is read within this of its last byte.
+const SNIFF_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 /// Serves an HTTP/2 connection (its preface not yet read) until it closes.
 /// `number`: the connection's serial number (`*N`, `$connection`).
