@@ -110,10 +110,8 @@ fuzz_target!(|data: &[u8]| {
     let h = harness();
     h.rt.block_on(async {
         let addr = h.listener.local_addr().expect("addr");
-        let (client, accepted) = tokio::join!(
-            tokio::net::TcpStream::connect(addr),
-            h.listener.accept()
-        );
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), h.listener.accept());
         let (mut client, (server, _)) = (client.expect("connect"), accepted.expect("accept"));
         let app = h.app.clone();
         let served = tokio::spawn(async move {
@@ -129,7 +127,10 @@ fuzz_target!(|data: &[u8]| {
             let mut sink = Vec::new();
             let _ = client.read_to_end(&mut sink).await;
         };
-        if tokio::time::timeout(Duration::from_secs(5), talk).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), talk)
+            .await
+            .is_err()
+        {
             panic!("the connection was still open after 5 s: a hang");
         }
         match tokio::time::timeout(Duration::from_secs(5), served).await {
