@@ -28,7 +28,9 @@ struct Harness {
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("why502-fuzz-h1-{}", std::process::id()));
+        // One directory for every run (and every job of `-jobs`): the
+        // same files, written again, and no socket is ever made there.
+        let dir = std::env::temp_dir().join("why502-fuzz-h1");
         let www = dir.join("www");
         std::fs::create_dir_all(www.join("sub")).expect("temp dir");
         std::fs::write(www.join("index.html"), "<p>index</p>\n").expect("write");
