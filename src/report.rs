@@ -361,7 +361,6 @@ pub fn sf_string(s: &str) -> String {
     out
 }
 
-/// Escapes text for HTML.
 /// The explanation and hint paragraphs of a cause's page, escaped once per
 /// cause (they are static text) instead of on every failure.
 fn escaped_text(cause: Cause) -> &'static str {
@@ -386,6 +385,8 @@ fn escaped_text(cause: Cause) -> &'static str {
         .unwrap_or("")
 }
 
+/// Escapes text for an HTML element's content (never an attribute's value:
+/// quotes are left as they are).
 pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
     // The escaped characters are ASCII: copy the runs between them whole.
@@ -395,8 +396,6 @@ pub fn html_escape(s: &str) -> String {
             b'<' => "&lt;",
             b'>' => "&gt;",
             b'&' => "&amp;",
-            b'"' => "&quot;",
-            b'\'' => "&#39;",
             _ => continue,
         };
         out.push_str(&s[from..i]);
@@ -643,10 +642,9 @@ fn page_head(
     let _ = write!(
         body,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status} {reason}</title>\n\
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:46em;margin:3em auto;padding:0 1em;color:#222}}\
-code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.6em;white-space:pre-wrap;word-break:break-all}}\
-.cause{{font-size:1.2em}}.muted{{color:#666;font-size:.9em}}</style></head>\n<body>\n<h1>{status} {reason}</h1>\n\
-<p class=\"cause\">Cause: <code id=\"cause\">{code}</code></p>\n"
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:46em;margin:3em auto;padding:0 1em}}\
+code,pre{{background:#eee}}pre{{padding:.5em;white-space:pre-wrap;word-break:break-all}}.muted{{color:#666}}</style></head>\n\
+<body>\n<h1>{status} {reason}</h1>\n<p>Cause: <code id=\"cause\">{code}</code></p>\n"
     );
     if trusted {
         body.push_str(escaped_text(f.cause));
@@ -671,7 +669,8 @@ code,pre{{background:#f4f4f4;padding:.1em .3em;border-radius:3px}}pre{{padding:.
                 html_escape(&req.stderr_excerpt)
             );
         }
-        if !req.next_hop.is_empty() {
+        // Not when the details already name it (a connect failure's do).
+        if !req.next_hop.is_empty() && !f.details.contains(&*req.next_hop) {
             let _ = writeln!(
                 body,
                 "<p class=\"muted\">Upstream: <code>{}</code></p>",
@@ -939,6 +938,26 @@ mod tests {
         assert!(render(&d, &g, &r, false, None)
             .text()
             .contains(">&lt;x&gt;<"));
+    }
+
+    #[test]
+    fn the_page_names_the_upstream_once() {
+        let d = Diagnostics::default();
+        let r = req();
+        let upstream_line = "Upstream: <code>unix:/run/php/php8.2-fpm.sock</code>";
+        // A connect failure's details name the address: no second line.
+        let f = Failure::new(
+            Cause::ConnectSocketMissing,
+            "m",
+            "connect() to unix:/run/php/php8.2-fpm.sock: (2: No such file or directory)",
+        );
+        let page = render(&d, &f, &r, false, None).text();
+        assert_eq!(page.matches("unix:/run/php/php8.2-fpm.sock").count(), 1);
+        assert!(!page.contains(upstream_line), "{page}");
+        // Details that do not name it: the page does.
+        let g = Failure::new(Cause::HeaderClosedEmpty, "m", "closed after 0 bytes");
+        let page = render(&d, &g, &r, false, None).text();
+        assert!(page.contains(upstream_line), "{page}");
     }
 
     #[test]

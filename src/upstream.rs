@@ -374,7 +374,7 @@ fn list_sockets(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = rd
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| t.is_socket()).unwrap_or(false))
-        .map(|e| e.path().display().to_string())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|p| p.ends_with(".sock"))
         .take(8)
         .collect();
@@ -433,9 +433,10 @@ fn diagnose_connect(addr: &Addr, e: &io::Error, errno: i32) -> Failure {
     if let (Cause::ConnectSocketMissing, Addr::Unix(p)) = (cause, addr) {
         let others = sibling_sockets(p);
         if !others.is_empty() {
+            // By file name: they are in the same directory.
             let found = match others.split_last() {
-                Some((one, [])) => format!("{one} does"),
-                Some((last, rest)) => format!("{} and {last} do", rest.join(", ")),
+                Some((one, [])) => format!("{one} beside it does"),
+                Some((last, rest)) => format!("{} and {last} beside it do", rest.join(", ")),
                 None => String::new(),
             };
             f = f.with_hint(format!(
@@ -1091,7 +1092,7 @@ mod tests {
             .expect("bind");
         let one = hint(dir.path());
         assert!(
-            one.contains("php7.4-fpm.sock does: is the upstream"),
+            one.contains("php8.2-fpm.sock does not exist, but php7.4-fpm.sock beside it does: is the upstream"),
             "{one}"
         );
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1099,7 +1100,7 @@ mod tests {
         let _b = std::os::unix::net::UnixListener::bind(dir.path().join("b.sock")).expect("bind");
         let two = hint(dir.path());
         assert!(
-            two.contains("a.sock and ") && two.contains("b.sock do: is the upstream"),
+            two.contains("but a.sock and b.sock beside it do: is the upstream"),
             "{two}"
         );
     }
