@@ -652,6 +652,9 @@ pub struct UpstreamState {
     http_idle: Vec<PerThread<(u64, HttpWire, Instant)>>,
     /// Each server's address as text (`Addr`'s Display), made once.
     pub addr_text: Vec<std::sync::Arc<str>>,
+    /// Per server: whether its last connect failed (see
+    /// [`UpstreamState::connect_failing`]).
+    connect_failed: Vec<std::sync::atomic::AtomicBool>,
     /// Each server as nginx names a FastCGI upstream in log lines
     /// (`fastcgi://unix:/path:`, `fastcgi://127.0.0.1:9000`), made once.
     pub fastcgi_names: Vec<std::sync::Arc<str>>,
@@ -724,6 +727,9 @@ impl UpstreamState {
                 .servers
                 .iter()
                 .map(|s| s.addr.to_string().into())
+                .collect(),
+            connect_failed: (0..n)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
             fastcgi_names: config
                 .servers
@@ -824,6 +830,26 @@ impl UpstreamState {
         if let Ok(mut st) = self.state.lock() {
             st[i].fails = 0;
             st[i].down_until = None;
+        }
+    }
+
+    /// Whether server `i`'s last connect failed: a hint for the next
+    /// request's order of work, not a health state (nginx's `max_fails`
+    /// is [`UpstreamState::failed`]'s).
+    pub fn connect_failing(&self, i: usize) -> bool {
+        self.connect_failed
+            .get(i)
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Records how server `i`'s connect went. Stored only on a change, so
+    /// that threads connecting to a healthy server share the flag's cache
+    /// line without writing it.
+    pub fn connect_went(&self, i: usize, failed: bool) {
+        if let Some(f) = self.connect_failed.get(i) {
+            if f.load(std::sync::atomic::Ordering::Relaxed) != failed {
+                f.store(failed, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -1007,6 +1033,21 @@ mod tests {
         two.failed(0, "refused");
         assert!(matches!(two.pick(&[]), Pick::Server(1)));
         assert!(matches!(two.pick(&[]), Pick::Server(1)));
+    }
+
+    #[test]
+    fn a_failed_connect_is_remembered_per_server_until_one_succeeds() {
+        // Kept for the only server too, which `failed` does not track.
+        let one = up(&[(1, false)]);
+        assert!(!one.connect_failing(0));
+        one.connect_went(0, true);
+        assert!(one.connect_failing(0));
+        one.connect_went(0, false);
+        assert!(!one.connect_failing(0));
+        let two = up(&[(1, false), (1, false)]);
+        two.connect_went(1, true);
+        assert!(!two.connect_failing(0) && two.connect_failing(1));
+        assert!(!two.connect_failing(7), "no such server");
     }
 
     #[test]
