@@ -82,7 +82,12 @@ pub async fn sniff(stream: &TcpStream) -> Option<bool> {
         }
         // Only the preface's start so far, and nothing more will come if
         // the client has closed its side (answered by nginx with a close).
-        let ready = stream.ready(tokio::io::Interest::READABLE).await.ok()?;
+        // After a peek that found bytes the readiness is still set and this
+        // returns at once; bounded like every other wait here all the same.
+        let ready = tokio::time::timeout_at(until, stream.ready(tokio::io::Interest::READABLE))
+            .await
+            .ok()?
+            .ok()?;
         if ready.is_read_closed() {
             return None;
         }
