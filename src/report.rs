@@ -449,6 +449,37 @@ pub fn reason_phrase(status: u16) -> &'static str {
         })
 }
 
+/// The form of a failure's page, chosen from the request's `Accept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageForm {
+    /// For a client that lists HTML: a browser, for a page it shows.
+    Html,
+    /// For a client that asks for JSON and not for HTML.
+    Json,
+    /// For every other client: curl and wget (`*/*`), scripts, health
+    /// checks and load generators (often no `Accept` at all). Read in a
+    /// terminal, markup is noise.
+    Text,
+}
+
+impl PageForm {
+    /// The form for an `Accept` header's value (media types compared
+    /// without regard to case; weights are not read).
+    pub fn from_accept(accept: Option<&[u8]>) -> PageForm {
+        let Some(a) = accept else {
+            return PageForm::Text;
+        };
+        let has = |what: &[u8]| a.windows(what.len()).any(|w| w.eq_ignore_ascii_case(what));
+        if has(b"text/html") || has(b"application/xhtml+xml") {
+            PageForm::Html
+        } else if has(b"/json") || has(b"+json") {
+            PageForm::Json
+        } else {
+            PageForm::Text
+        }
+    }
+}
+
 /// Builds the client-facing parts of a failure report.
 pub struct Rendered {
     pub status: u16,
@@ -518,6 +549,8 @@ thread_local! {
 
 /// A rendered page up to its request id, and what it was rendered from.
 struct LastPage {
+    /// `head` is of this form (empty for JSON, rendered whole each time).
+    form: PageForm,
     cause: Cause,
     upstream_status: Option<u16>,
     trusted: bool,
@@ -538,8 +571,9 @@ struct LastPage {
 }
 
 impl LastPage {
-    fn is_for(&self, f: &Failure, req: &RequestSummary, trusted: bool) -> bool {
-        self.cause == f.cause
+    fn is_for(&self, f: &Failure, req: &RequestSummary, trusted: bool, form: PageForm) -> bool {
+        self.form == form
+            && self.cause == f.cause
             && self.upstream_status == f.upstream_status
             && self.trusted == trusted
             && (Arc::ptr_eq(&self.details, &f.details) || self.details == f.details)
@@ -581,11 +615,12 @@ fn with_last_page<R>(
     f: &Failure,
     req: &RequestSummary,
     trusted: bool,
+    form: PageForm,
     use_it: impl FnOnce(&LastPage) -> R,
 ) -> R {
     LAST_PAGE.with_borrow_mut(|last| {
         let page = match last {
-            Some(p) if p.is_for(f, req, trusted) => {
+            Some(p) if p.is_for(f, req, trusted, form) => {
                 p.adopt(f, req);
                 p
             }
@@ -594,7 +629,14 @@ fn with_last_page<R>(
                 let code = f.cause.info().code;
                 let proxy_status = proxy_status(f, &req.next_hop, trusted);
                 let proxy_status_value = http::HeaderValue::try_from(proxy_status.as_str()).ok();
+                let reason = reason_phrase(status);
+                let head = match form {
+                    PageForm::Html => page_head(status, reason, code, f, req, trusted),
+                    PageForm::Text => text_head(status, reason, code, f, req, trusted),
+                    PageForm::Json => String::new(),
+                };
                 last.insert(LastPage {
+                    form,
                     cause: f.cause,
                     upstream_status: f.upstream_status,
                     trusted,
@@ -602,14 +644,7 @@ fn with_last_page<R>(
                     extra_hint: f.extra_hint.clone(),
                     stderr: req.stderr_excerpt.clone(),
                     next_hop: req.next_hop.clone(),
-                    head: Bytes::from(page_head(
-                        status,
-                        reason_phrase(status),
-                        code,
-                        f,
-                        req,
-                        trusted,
-                    )),
+                    head: Bytes::from(head),
                     cause_line: format!(
                         "{}: {code}\r\n{}: ",
                         crate::config::CAUSE_HEADER,
@@ -682,6 +717,42 @@ code,pre{{background:#eee}}pre{{padding:.5em;white-space:pre-wrap;word-break:bre
     body
 }
 
+/// The failure's page as plain text, up to the request id: what the HTML
+/// page says, in the same order, one item a line.
+fn text_head(
+    status: u16,
+    reason: &str,
+    code: &str,
+    f: &Failure,
+    req: &RequestSummary,
+    trusted: bool,
+) -> String {
+    let mut body = String::with_capacity(1024);
+    let _ = write!(body, "{status} {reason}\nCause: {code}\n");
+    if trusted {
+        let info = f.cause.info();
+        let _ = write!(body, "{}\nWhat to check: {}\n", info.explanation, info.hint);
+        if let Some(h) = &f.extra_hint {
+            let _ = writeln!(body, "Here: {h}");
+        }
+        if !f.details.is_empty() {
+            let _ = writeln!(body, "Details: {}", f.details);
+        }
+        if !req.stderr_excerpt.is_empty() {
+            let _ = writeln!(
+                body,
+                "PHP said (stderr):\n{}",
+                req.stderr_excerpt.trim_end()
+            );
+        }
+        if !req.next_hop.is_empty() && !f.details.contains(&*req.next_hop) {
+            let _ = writeln!(body, "Upstream: {}", req.next_hop);
+        }
+    }
+    body.push_str("Request id: ");
+    body
+}
+
 /// Renders the headers and error page for a failure answered by why502.
 /// `lines`: for a session that writes header lines itself
 /// ([`Downstream::head_lines`]), the diagnosis headers are written there
@@ -692,7 +763,7 @@ pub fn render(
     diag: &Diagnostics,
     f: &Failure,
     req: &RequestSummary,
-    wants_json: bool,
+    form: PageForm,
     lines: Option<&mut Vec<u8>>,
 ) -> Rendered {
     let status = f.status();
@@ -733,8 +804,8 @@ pub fn render(
             p.proxy_status.clone(),
         ]),
     };
-    if wants_json {
-        let headers = with_last_page(f, req, trusted, headers);
+    if form == PageForm::Json {
+        let headers = with_last_page(f, req, trusted, form, headers);
         let mut obj = serde_json::json!({
             "status": status,
             "cause": info.code,
@@ -768,20 +839,29 @@ pub fn render(
     // and only the request id's part is written anew. That part is of its
     // exact size: a `Bytes` made from a vector with room to spare
     // allocates a header of its own.
-    const TAIL: &str = "</code> &middot; why502</p>\n</body></html>\n";
-    let id = if plain_id {
+    let (tail_end, content_type) = match form {
+        PageForm::Text => (
+            " (why502)\n",
+            const { http::HeaderValue::from_static("text/plain; charset=utf-8") },
+        ),
+        _ => (
+            "</code> &middot; why502</p>\n</body></html>\n",
+            const { http::HeaderValue::from_static("text/html; charset=utf-8") },
+        ),
+    };
+    let id = if plain_id || form == PageForm::Text {
         std::borrow::Cow::Borrowed(req.request_id.as_str())
     } else {
         std::borrow::Cow::Owned(html_escape(&req.request_id))
     };
-    let (head, headers) = with_last_page(f, req, trusted, |p| (p.head.clone(), headers(p)));
-    let mut tail = String::with_capacity(id.len() + TAIL.len());
+    let (head, headers) = with_last_page(f, req, trusted, form, |p| (p.head.clone(), headers(p)));
+    let mut tail = String::with_capacity(id.len() + tail_end.len());
     tail.push_str(&id);
-    tail.push_str(TAIL);
+    tail.push_str(tail_end);
     Rendered {
         status,
         headers,
-        content_type: const { http::HeaderValue::from_static("text/html; charset=utf-8") },
+        content_type,
         body: [head, Bytes::from(tail)],
     }
 }
@@ -896,7 +976,7 @@ mod tests {
         let f = Failure::new(Cause::ConnectSocketMissing, "m", "/run/php/secret.sock");
         let mut r = req();
         r.client = "203.0.113.9".parse().ok();
-        let out = render(&d, &f, &r, false, None);
+        let out = render(&d, &f, &r, PageForm::Html, None);
         assert!(!out.text().contains("secret"));
         assert!(out.text().contains("connect.socket_missing"));
         let ps = &proxy_status_of(&out);
@@ -904,10 +984,74 @@ mod tests {
             !ps.contains("secret") && ps.contains("error=destination_not_found"),
             "{ps}"
         );
-        let out = render(&d, &f, &req(), true, None);
+        let out = render(&d, &f, &req(), PageForm::Json, None);
         assert!(out.text().contains("secret"));
         let v: serde_json::Value = serde_json::from_str(&out.text()).expect("json");
         assert_eq!(v["cause"], "connect.socket_missing");
+    }
+
+    #[test]
+    fn the_page_form_follows_accept() {
+        let form = |a: Option<&str>| PageForm::from_accept(a.map(str::as_bytes));
+        assert_eq!(form(None), PageForm::Text);
+        assert_eq!(form(Some("*/*")), PageForm::Text);
+        assert_eq!(form(Some("text/plain")), PageForm::Text);
+        // Chromium's, for a page it navigates to.
+        assert_eq!(
+            form(Some(
+                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+            )),
+            PageForm::Html
+        );
+        assert_eq!(form(Some("Text/HTML")), PageForm::Html);
+        assert_eq!(form(Some("application/xhtml+xml")), PageForm::Html);
+        assert_eq!(form(Some("application/json")), PageForm::Json);
+        assert_eq!(form(Some("application/problem+json")), PageForm::Json);
+        assert_eq!(form(Some("application/json, text/html")), PageForm::Html);
+    }
+
+    #[test]
+    fn the_text_page_says_what_the_html_page_says() {
+        let d = Diagnostics::default();
+        let f = Failure::new(
+            Cause::ConnectSocketMissing,
+            "m",
+            "connect() to unix:/run/php/secret.sock failed <2>",
+        )
+        .with_hint("a hint & more");
+        let mut r = req();
+        r.stderr_excerpt = "PHP Fatal error: <b>x</b>\n".into();
+        let out = render(&d, &f, &r, PageForm::Text, None);
+        assert_eq!(out.content_type, "text/plain; charset=utf-8");
+        let text = out.text();
+        let info = f.cause.info();
+        assert!(
+            text.starts_with("502 Bad Gateway\nCause: connect.socket_missing\n"),
+            "{text}"
+        );
+        for want in [
+            info.explanation,
+            info.hint,
+            "Here: a hint & more\n",
+            "Details: connect() to unix:/run/php/secret.sock failed <2>\n",
+            "PHP said (stderr):\nPHP Fatal error: <b>x</b>\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+        assert!(text.ends_with("\nRequest id: abc (why502)\n"), "{text}");
+        assert!(!text.contains("&amp;") && !text.contains("<p"), "{text}");
+        // The HTML page rendered next is not the text one kept.
+        let html = render(&d, &f, &r, PageForm::Html, None).text();
+        assert!(html.starts_with("<!DOCTYPE html>"), "{html}");
+        let again = render(&d, &f, &r, PageForm::Text, None).text();
+        assert_eq!(again, text);
+        // Untrusted: the code and the id only.
+        r.client = "203.0.113.9".parse().ok();
+        let text = render(&d, &f, &r, PageForm::Text, None).text();
+        assert_eq!(
+            text,
+            "502 Bad Gateway\nCause: connect.socket_missing\nRequest id: abc (why502)\n"
+        );
     }
 
     #[test]
@@ -915,27 +1059,27 @@ mod tests {
         let d = Diagnostics::default();
         let f = Failure::new(Cause::ConnectSocketMissing, "m", "first <details>");
         let mut r = req();
-        let a = render(&d, &f, &r, false, None);
+        let a = render(&d, &f, &r, PageForm::Html, None);
         r.request_id = "def".into();
-        let b = render(&d, &f, &r, false, None);
+        let b = render(&d, &f, &r, PageForm::Html, None);
         assert_eq!(a.text().replace(">abc<", ">def<"), b.text());
         assert!(b.text().contains("<code id=\"request-id\">def</code>"));
         assert_eq!(proxy_status_of(&a), proxy_status_of(&b));
         // Anything the page shows makes it a new page.
         let g = Failure::new(Cause::ConnectSocketMissing, "m", "second");
-        let c = render(&d, &g, &r, false, None);
+        let c = render(&d, &g, &r, PageForm::Html, None);
         assert!(c.text().contains("second") && !c.text().contains("first"));
         assert!(proxy_status_of(&c).contains("second"));
         r.client = "203.0.113.9".parse().ok();
-        let untrusted = render(&d, &g, &r, false, None);
+        let untrusted = render(&d, &g, &r, PageForm::Html, None);
         assert!(!untrusted.text().contains("second"));
         r.client = "127.0.0.1".parse().ok();
         r.stderr_excerpt = "PHP Fatal error".into();
-        assert!(render(&d, &g, &r, false, None)
+        assert!(render(&d, &g, &r, PageForm::Html, None)
             .text()
             .contains("PHP Fatal error"));
         r.request_id = "<x>".into();
-        assert!(render(&d, &g, &r, false, None)
+        assert!(render(&d, &g, &r, PageForm::Html, None)
             .text()
             .contains(">&lt;x&gt;<"));
     }
@@ -951,12 +1095,12 @@ mod tests {
             "m",
             "connect() to unix:/run/php/php8.2-fpm.sock: (2: No such file or directory)",
         );
-        let page = render(&d, &f, &r, false, None).text();
+        let page = render(&d, &f, &r, PageForm::Html, None).text();
         assert_eq!(page.matches("unix:/run/php/php8.2-fpm.sock").count(), 1);
         assert!(!page.contains(upstream_line), "{page}");
         // Details that do not name it: the page does.
         let g = Failure::new(Cause::HeaderClosedEmpty, "m", "closed after 0 bytes");
-        let page = render(&d, &g, &r, false, None).text();
+        let page = render(&d, &g, &r, PageForm::Html, None).text();
         assert!(page.contains(upstream_line), "{page}");
     }
 
@@ -968,12 +1112,12 @@ mod tests {
         let d = Diagnostics::default();
         let f = Failure::new(Cause::ConnectSocketMissing, "m", "the details").with_hint("a hint");
         let r = req();
-        let first = render(&d, &f, &r, false, None);
+        let first = render(&d, &f, &r, PageForm::Html, None);
         let g = Failure::new(Cause::ConnectSocketMissing, "m", "the details").with_hint("a hint");
         let mut r2 = req();
         r2.next_hop = Arc::from(&*r.next_hop);
         assert!(!Arc::ptr_eq(&f.details, &g.details));
-        let second = render(&d, &g, &r2, false, None);
+        let second = render(&d, &g, &r2, PageForm::Html, None);
         assert_eq!(first.body[0].as_ptr(), second.body[0].as_ptr(), "reused");
         // The page's texts are the failure's own, not only equal.
         let shares = |f: &Failure, r: &RequestSummary| {
@@ -1001,7 +1145,7 @@ mod tests {
         let mut r = req();
         let lines = |r: &RequestSummary| {
             let mut out = Vec::new();
-            render(&d, &f, r, false, Some(&mut out));
+            render(&d, &f, r, PageForm::Html, Some(&mut out));
             String::from_utf8(out).expect("header lines are text")
         };
         let cause = format!("{CAUSE_HEADER}: {code}\r\n");

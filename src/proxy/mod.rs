@@ -935,25 +935,20 @@ impl Why502 {
         ctx: &mut ReqCtx,
         f: Failure,
     ) -> Result<(), Abort> {
-        let wants_json = session
-            .req_header()
-            .headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
+        let form = report::PageForm::from_accept(
+            session
+                .req_header()
+                .headers
+                .get(http::header::ACCEPT)
+                .map(|v| v.as_bytes()),
+        );
         ctx.summary.status = f.status();
         self.finish_timing(ctx);
         // The diagnosis headers under their default names are written as
         // lines by a session that takes them: no case map, no name hashed.
         let titled = self.titles_all_names(session, ctx);
         let lines = if titled { session.head_lines() } else { None };
-        let r = report::render(
-            &self.rt.config.diagnostics,
-            &f,
-            &ctx.summary,
-            wants_json,
-            lines,
-        );
+        let r = report::render(&self.rt.config.diagnostics, &f, &ctx.summary, form, lines);
         report::log_failure(&self.rt.errlog, &f, &ctx.summary);
         ctx.logged = true;
         ctx.failure = Some(f);

@@ -74,13 +74,60 @@ fn json_error_page_for_json_clients() {
     assert!(v["details"].as_str().unwrap_or("").contains(&sock), "{v}");
 }
 
+/// A client that does not ask for HTML (curl's `*/*`, or no `Accept`)
+/// gets the page as text; a browser gets HTML.
+#[test]
+fn the_page_is_text_unless_the_client_asks_for_html() {
+    let dir = support::temp_dir();
+    let (p, sock) = missing_socket_site(dir.path(), "  enabled: true\n");
+    for accept in [None, Some("*/*")] {
+        let mut q = Req::get("/hello.php");
+        if let Some(a) = accept {
+            q = q.header("Accept", a);
+        }
+        let r = p.req(&q);
+        assert_diagnosed(&p, &r, "connect.socket_missing", 502);
+        assert_eq!(
+            r.header("Content-Type"),
+            Some("text/plain; charset=utf-8"),
+            "{accept:?}: {:?}",
+            r.headers
+        );
+        let body = r.text();
+        let rid = r.header("Why502-Request-Id").unwrap_or_default();
+        assert!(
+            body.starts_with("502 Bad Gateway\nCause: connect.socket_missing\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("What to check: ") && body.contains(&sock),
+            "{body}"
+        );
+        assert!(
+            body.ends_with(&format!("Request id: {rid} (why502)\n")),
+            "{body}"
+        );
+        assert!(!body.contains('<'), "{body}");
+    }
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let r = p.req(&Req::get("/hello.php").header("Accept", browser));
+    assert_diagnosed(&p, &r, "connect.socket_missing", 502);
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/html; charset=utf-8"),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.text().starts_with("<!DOCTYPE html>"), "{}", r.text());
+}
+
 #[test]
 fn one_request_id_on_every_surface() {
     let dir = support::temp_dir();
     let (p, _) = missing_socket_site(dir.path(), "  enabled: true\n");
     // A couple of requests so ids differ.
     let _ = p.get("/hello.php");
-    let r = p.get("/hello.php");
+    let r = p.req(&Req::get("/hello.php").header("Accept", "text/html"));
     let rid = r.header("Why502-Request-Id").unwrap().to_string();
     assert!(!rid.is_empty());
     assert!(
