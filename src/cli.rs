@@ -96,6 +96,13 @@ pub struct Quick {
     /// Keep FastCGI connections open between requests (fastcgi_keep_conn).
     #[arg(long)]
     pub keep_conn: bool,
+    /// For PHP-FPM without keep-conn: end each FastCGI request with a
+    /// half-close, so that PHP-FPM's workers do not wait for the close.
+    /// Applies to every FastCGI location, from --config and --nginx-conf
+    /// too; in YAML, `half_close: true` in a `fastcgi` block. Not for other
+    /// FastCGI servers (docs/nginx-compat.md).
+    #[arg(long)]
+    pub fastcgi_half_close: bool,
     /// nginx-format error log file (default: stderr); the main level's:
     /// servers with their own error_log keep it.
     #[arg(long)]
@@ -193,7 +200,22 @@ pub fn load(source: &Source, quick: &Quick) -> Result<Config, String> {
     if quick.no_diagnostics {
         cfg.diagnostics.enabled = false;
     }
+    if quick.fastcgi_half_close {
+        for s in &mut cfg.servers {
+            set_half_close(&mut s.locations);
+        }
+    }
     Ok(cfg)
+}
+
+/// `--fastcgi-half-close`: every FastCGI location, nested ones too.
+fn set_half_close(locs: &mut [config::Location]) {
+    for l in locs {
+        if let Some(fc) = &mut l.fastcgi {
+            Arc::make_mut(fc).half_close = true;
+        }
+        set_half_close(&mut l.locations);
+    }
 }
 
 /// Prints the cause table as text or Markdown.

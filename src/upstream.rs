@@ -28,6 +28,15 @@ pub enum Conn {
 }
 
 impl Conn {
+    /// Shuts down the writing side (`shutdown(SHUT_WR)`) at once.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        let s = match self {
+            Conn::Unix(s) => socket2::SockRef::from(s),
+            Conn::Tcp(s) => socket2::SockRef::from(s),
+        };
+        s.shutdown(std::net::Shutdown::Write)
+    }
+
     fn raw_fd(&self) -> i32 {
         match self {
             Conn::Unix(s) => s.as_raw_fd(),

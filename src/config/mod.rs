@@ -518,6 +518,14 @@ pub struct FastCgi {
     /// The response header block (with record overhead) must fit in this.
     pub buffer_size: usize,
     pub keep_conn: bool,
+    /// Without `keep_conn`: shut down the connection's writing side once the
+    /// whole request is sent (why502's own; nginx has no such directive).
+    /// PHP-FPM, after its response, waits for the web server to close the
+    /// connection (`fcgi_close`: `shutdown`, then `recv` until end of file);
+    /// an end of file already there spares each worker that sleep and
+    /// wakeup. Only for PHP-FPM (and `php-cgi -b`): other FastCGI servers
+    /// (Go's `net/http/fcgi`, flup) may take the end of file for an abort.
+    pub half_close: bool,
     pub intercept_errors: bool,
     pub hide_headers: Vec<String>,
     pub pass_headers: Vec<String>,
@@ -599,6 +607,7 @@ impl FastCgi {
             read_timeout: Duration::from_secs(60),
             buffer_size: 4096,
             keep_conn: false,
+            half_close: false,
             intercept_errors: false,
             hide_headers: Vec::new(),
             pass_headers: Vec::new(),

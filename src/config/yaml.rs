@@ -718,6 +718,8 @@ struct FastCgiFile {
     #[serde(default)]
     keep_conn: bool,
     #[serde(default)]
+    half_close: bool,
+    #[serde(default)]
     intercept_errors: bool,
     #[serde(default)]
     hide_headers: Vec<String>,
@@ -1399,6 +1401,7 @@ fn convert_location(
             fc.buffer_size = usize::try_from(b.0).unwrap_or(usize::MAX);
         }
         fc.keep_conn = f.keep_conn;
+        fc.half_close = f.half_close;
         fc.intercept_errors = f.intercept_errors;
         fc.hide_headers = f.hide_headers;
         fc.pass_headers = f.pass_headers;

@@ -754,6 +754,9 @@ fn fastcgi(o: &mut String, fc: &FastCgi, p: &str) {
     if fc.buffer_size != d.buffer_size {
         let _ = writeln!(o, "{p}  buffer_size: {}", size(fc.buffer_size as u64));
     }
+    if fc.half_close {
+        let _ = writeln!(o, "{p}  half_close: true");
+    }
     if fc.keep_conn {
         let _ = writeln!(o, "{p}  keep_conn: true");
     }

@@ -509,6 +509,12 @@ impl Exchange<'_> {
                 return a;
             }
         }
+        if fc.half_close && !fc.keep_conn {
+            // The whole request is sent: PHP-FPM finds the end of file
+            // when it looks for it after its response (see `half_close`).
+            // A failure here shows in the response read that follows.
+            let _ = self.conn.shutdown_write();
+        }
         // ---- receive ----
         let mut dec = if self.reused {
             ResponseDecoder::new_on_reused_connection(REQUEST_ID)

@@ -66,3 +66,109 @@ fn timeout_when_the_script_does_not_read_its_body() {
     assert_diagnosed(&p, &r, "send.timeout", 504);
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
+
+/// A FastCGI peer on a unix socket that reads one request (up to the empty
+/// STDIN record), then waits up to a second for more: it answers `eof` when
+/// the web server shut down its writing side, `open` otherwise.
+fn eof_reporting_peer(sock: &std::path::Path) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let l = std::os::unix::net::UnixListener::bind(sock).expect("bind the peer's socket");
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut s, _)) = l.accept() else { return };
+            // Records until the empty STDIN record (type 5, length 0).
+            loop {
+                let mut h = [0u8; 8];
+                if s.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([h[4], h[5]])) + usize::from(h[6]);
+                let mut body = vec![0u8; len];
+                if s.read_exact(&mut body).is_err() {
+                    return;
+                }
+                if h[1] == 5 && h[4] == 0 && h[5] == 0 {
+                    break;
+                }
+            }
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut b = [0u8; 1];
+            let word: &[u8] = match s.read(&mut b) {
+                Ok(0) => b"eof",
+                _ => b"open",
+            };
+            let mut out = Vec::new();
+            let mut record = |t: u8, content: &[u8]| {
+                let n = u16::try_from(content.len()).expect("short");
+                out.extend_from_slice(&[1, t, 0, 1]);
+                out.extend_from_slice(&n.to_be_bytes());
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(content);
+            };
+            let mut page = b"Content-Type: text/plain\r\n\r\n".to_vec();
+            page.extend_from_slice(word);
+            record(6, &page);
+            record(6, b"");
+            record(3, &[0, 0, 0, 0, 0, 0, 0, 0]);
+            let _ = s.write_all(&out);
+        }
+    })
+}
+
+#[test]
+fn half_close_ends_the_request_with_an_end_of_file() {
+    let dir = support::temp_dir();
+    let sock = dir.path().join("peer.sock");
+    let peer = eof_reporting_peer(&sock);
+    let pass = format!("unix:{}", sock.display());
+    let plain = site(dir.path(), &pass, "");
+    let r = plain.get("/hello.php");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "open"),
+        "{}",
+        plain.logs()
+    );
+    let half = Proxy::flags(
+        dir.path(),
+        &["--fastcgi", &pass, "--root", &www(), "--fastcgi-half-close"],
+    );
+    let r = half.get("/hello.php");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "eof"),
+        "{}",
+        half.logs()
+    );
+    let _ = peer.join();
+}
+
+#[test]
+fn half_close_with_php_fpm() {
+    // PHP-FPM reads nothing after the request until its response is out:
+    // pages, bodies and PHP's own errors come through as without it.
+    let dir = support::temp_dir();
+    let f = fpm(dir.path(), vec![pool("www")]);
+    let p = site(dir.path(), &fpm_addr(&f, "www"), "half_close: true");
+    for _ in 0..3 {
+        let r = p.get("/hello.php");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello"),
+            "{}",
+            p.logs()
+        );
+    }
+    let body = vec![b'x'; 3 << 20];
+    let r = p.req(&support::Req::post("/echo.php", body));
+    assert_eq!(r.status, 200, "{}", p.logs());
+    assert!(r.text().contains("len=3145728 "), "{}", r.text());
+    let r = p.get("/fatal.php");
+    assert_diagnosed_with(
+        &p,
+        &r,
+        "app.fatal_error",
+        500,
+        Some(&["PHP Fatal error:  Uncaught ", "boom from fatal.php"]),
+    );
+}
