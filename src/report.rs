@@ -717,6 +717,18 @@ code,pre{{background:#eee}}pre{{padding:.5em;white-space:pre-wrap;word-break:bre
     body
 }
 
+/// Text for a terminal: control characters other than line feed and tab
+/// (an escape sequence in a PHP message that echoes its input) become `?`,
+/// so that printing the page cannot drive the terminal.
+fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if s.contains(bad) {
+        std::borrow::Cow::Owned(s.replace(bad, "?"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
 /// The failure's page as plain text, up to the request id: what the HTML
 /// page says, in the same order, one item a line.
 fn text_head(
@@ -733,20 +745,20 @@ fn text_head(
         let info = f.cause.info();
         let _ = write!(body, "{}\nWhat to check: {}\n", info.explanation, info.hint);
         if let Some(h) = &f.extra_hint {
-            let _ = writeln!(body, "Here: {h}");
+            let _ = writeln!(body, "Here: {}", terminal_safe(h));
         }
         if !f.details.is_empty() {
-            let _ = writeln!(body, "Details: {}", f.details);
+            let _ = writeln!(body, "Details: {}", terminal_safe(&f.details));
         }
         if !req.stderr_excerpt.is_empty() {
             let _ = writeln!(
                 body,
                 "PHP said (stderr):\n{}",
-                req.stderr_excerpt.trim_end()
+                terminal_safe(req.stderr_excerpt.trim_end())
             );
         }
         if !req.next_hop.is_empty() && !f.details.contains(&*req.next_hop) {
-            let _ = writeln!(body, "Upstream: {}", req.next_hop);
+            let _ = writeln!(body, "Upstream: {}", terminal_safe(&req.next_hop));
         }
     }
     body.push_str("Request id: ");
@@ -1022,6 +1034,14 @@ mod tests {
         let mut r = req();
         r.stderr_excerpt = "PHP Fatal error: <b>x</b>\n".into();
         let out = render(&d, &f, &r, PageForm::Text, None);
+        // Control characters cannot reach a terminal through the text.
+        let mut e = r.clone();
+        e.stderr_excerpt = "PHP Warning: \u{1b}]0;owned\u{7}\u{1b}[2J\tend\n".into();
+        let esc = render(&d, &f, &e, PageForm::Text, None).text();
+        assert!(
+            esc.contains("PHP Warning: ?]0;owned??[2J\tend\n") && !esc.contains('\u{1b}'),
+            "{esc:?}"
+        );
         assert_eq!(out.content_type, "text/plain; charset=utf-8");
         let text = out.text();
         let info = f.cause.info();
