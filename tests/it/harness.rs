@@ -513,8 +513,9 @@ pub fn read_fcgi_request(s: &mut TcpStream) -> bool {
 }
 
 /// Reads one FastCGI request like [`read_fcgi_request`] and returns its
-/// STDIN; `None` on EOF/error before the empty STDIN record.
-pub fn read_fcgi_stdin(s: &mut TcpStream) -> Option<Vec<u8>> {
+/// STDIN; `None` on EOF/error before the empty STDIN record. Any blocking
+/// stream: TCP, or a unix socket.
+pub fn read_fcgi_stdin(s: &mut impl Read) -> Option<Vec<u8>> {
     let mut stdin = Vec::new();
     for _ in 0..100_000 {
         let mut h = [0u8; 8];

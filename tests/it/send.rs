@@ -76,20 +76,8 @@ fn eof_reporting_peer(sock: &std::path::Path) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for _ in 0..2 {
             let Ok((mut s, _)) = l.accept() else { return };
-            // Records until the empty STDIN record (type 5, length 0).
-            loop {
-                let mut h = [0u8; 8];
-                if s.read_exact(&mut h).is_err() {
-                    return;
-                }
-                let len = usize::from(u16::from_be_bytes([h[4], h[5]])) + usize::from(h[6]);
-                let mut body = vec![0u8; len];
-                if s.read_exact(&mut body).is_err() {
-                    return;
-                }
-                if h[1] == 5 && h[4] == 0 && h[5] == 0 {
-                    break;
-                }
+            if read_fcgi_stdin(&mut s).is_none() {
+                return;
             }
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             let mut b = [0u8; 1];
@@ -97,20 +85,9 @@ fn eof_reporting_peer(sock: &std::path::Path) -> std::thread::JoinHandle<()> {
                 Ok(0) => b"eof",
                 _ => b"open",
             };
-            let mut out = Vec::new();
-            let mut record = |t: u8, content: &[u8]| {
-                let n = u16::try_from(content.len()).expect("short");
-                out.extend_from_slice(&[1, t, 0, 1]);
-                out.extend_from_slice(&n.to_be_bytes());
-                out.extend_from_slice(&[0, 0]);
-                out.extend_from_slice(content);
-            };
             let mut page = b"Content-Type: text/plain\r\n\r\n".to_vec();
             page.extend_from_slice(word);
-            record(6, &page);
-            record(6, b"");
-            record(3, &[0, 0, 0, 0, 0, 0, 0, 0]);
-            let _ = s.write_all(&out);
+            let _ = s.write_all(&fcgi_response(&page));
         }
     })
 }
