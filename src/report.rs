@@ -861,8 +861,10 @@ pub fn render(
             const { http::HeaderValue::from_static("text/html; charset=utf-8") },
         ),
     };
-    let id = if plain_id || form == PageForm::Text {
+    let id = if plain_id {
         std::borrow::Cow::Borrowed(req.request_id.as_str())
+    } else if form == PageForm::Text {
+        terminal_safe(&req.request_id)
     } else {
         std::borrow::Cow::Owned(html_escape(&req.request_id))
     };
@@ -1042,6 +1044,9 @@ mod tests {
             esc.contains("PHP Warning: ?]0;owned??[2J\tend\n") && !esc.contains('\u{1b}'),
             "{esc:?}"
         );
+        e.request_id = "a\u{1b}[2Jb".into();
+        let esc = render(&d, &f, &e, PageForm::Text, None).text();
+        assert!(esc.ends_with("Request id: a?[2Jb (why502)\n"), "{esc:?}");
         assert_eq!(out.content_type, "text/plain; charset=utf-8");
         let text = out.text();
         let info = f.cause.info();
