@@ -144,6 +144,12 @@ causes! {
         nginx: "connect() to {upstream} failed",
         explanation: "Connecting to the upstream failed for a reason not covered by a more specific cause (see details for the errno).",
         hint: "Read the errno in the details; check the upstream address in the configuration." },
+    /// socket() failed for the upstream connection: EMFILE or ENFILE, most
+    /// often. why502's own limit, not the upstream's: a 500, as nginx answers.
+    ConnectSocketFailed => { code: "connect.socket_failed", phase: Connect, status: 500, proxy_status: "proxy_internal_error",
+        nginx: "socket() failed (24: Too many open files)",
+        explanation: "why502 could not create a socket to connect to the upstream, almost always because it has used up its open-files limit (24: Too many open files) or the system its own (23: Too many open files in system). Nothing reached the upstream, which is not marked as failed.",
+        hint: "Raise why502's open-files limit (worker_rlimit_nofile in nginx.conf, max_open_files in YAML, or the hard limit it starts with: systemd LimitNOFILE=, ulimit -Hn), then compare ls /proc/$(pidof why502)/fd | wc -l with the number of open connections to find what holds descriptors." },
     /// The upstream's host name does not resolve (HTTP upstreams).
     ConnectDnsError => { code: "connect.dns_error", phase: Connect, status: 502, proxy_status: "dns_error",
         nginx: "{host} could not be resolved (3: Host not found)",
@@ -480,6 +486,9 @@ mod tests {
                 Phase::App => assert_eq!(i.status, 0, "{}", i.code),
                 Phase::Client | Phase::Proxy => {}
                 _ if timeout => assert_eq!(i.status, 504, "{}", i.code),
+                // nginx finalizes a failed socket() with a 500: the
+                // failure is its own, not the upstream's.
+                _ if *c == Cause::ConnectSocketFailed => assert_eq!(i.status, 500),
                 _ => assert_eq!(i.status, 502, "{}", i.code),
             }
         }

@@ -90,6 +90,9 @@ pub trait App: Send + Sync + 'static {
     fn reads_sent_headers(&self) -> bool {
         true
     }
+    /// `accept()` failed (out of descriptors, most often): the connection
+    /// waits in the listen queue, and accepting is tried again in 10 ms.
+    fn accept_failed(&self, _e: &std::io::Error) {}
 }
 
 enum BodyIn {
@@ -1468,7 +1471,8 @@ impl<A: App> Worker<A> {
             let s = match r {
                 Ok((s, _)) => s,
                 // EMFILE and the like: back off a little.
-                Err(_) => {
+                Err(e) => {
+                    self.app.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }

@@ -62,6 +62,8 @@ impl Failure {
             // ECONNREFUSED, EAGAIN, ECONNRESET, ENETDOWN, ENETUNREACH,
             // EHOSTDOWN, EHOSTUNREACH (error).
             Cause::ConnectSocketMissing | Cause::ConnectPermissionDenied => "crit",
+            // ngx_event_connect_peer: "socket() failed" is an alert.
+            Cause::ConnectSocketFailed => "alert",
             Cause::ConnectFailed => {
                 let m = &self.nginx_message;
                 if ["(104:", "(100:", "(101:", "(112:", "(113:"]
@@ -248,6 +250,26 @@ fn line_level(line: &str) -> LogLevel {
 
 /// nginx caps error-log lines at 2048 bytes (NGX_MAX_ERROR_STR).
 const MAX_LINE: usize = 2048;
+
+/// An error-log line about the process rather than a request (with the
+/// trailing newline): `2024/05/01 12:00:00 [alert] 1234#0: message`.
+pub fn process_line(level: &str, message: &str) -> String {
+    let mut s = String::with_capacity(64 + message.len());
+    push_log_time(&mut s);
+    let mut num = itoa::Buffer::new();
+    for part in [
+        " [",
+        level,
+        "] ",
+        num.format(std::process::id()),
+        "#0: ",
+        message,
+        "\n",
+    ] {
+        s.push_str(part);
+    }
+    s
+}
 
 /// Formats one nginx error-log line (with the trailing newline).
 pub fn nginx_line(

@@ -80,8 +80,60 @@ fn l4_buffer() -> L4BufferSettings {
     }
 }
 
+/// nginx's `worker_rlimit_nofile` and `worker_priority` (`max_open_files`
+/// and `priority` in YAML), for the whole process. Without
+/// `max_open_files`, the soft open-files limit is raised to the hard one.
+/// Returns what failed, worded as nginx's alerts (nginx, too, goes on).
+pub fn apply_process(p: &crate::config::Process) -> Vec<String> {
+    let mut alerts = Vec::new();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or fill the struct given.
+    let have = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    match p.max_open_files {
+        Some(n) => {
+            let want = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+                alerts.push(format!(
+                    "setrlimit(RLIMIT_NOFILE, {n}) failed {}",
+                    crate::upstream::errno_text(&std::io::Error::last_os_error())
+                ));
+            }
+        }
+        None if have && lim.rlim_cur < lim.rlim_max => {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: as above. A failure leaves the limit as it was.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) };
+        }
+        None => {}
+    }
+    if let Some(n) = p.priority {
+        // SAFETY: setpriority takes plain integers. On Linux it sets the
+        // calling thread's nice value; the threads started after it inherit it.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+            alerts.push(format!(
+                "setpriority({n}) failed {}",
+                crate::upstream::errno_text(&std::io::Error::last_os_error())
+            ));
+        }
+    }
+    alerts
+}
+
 /// Runs the server until it is stopped. Never returns on success.
 pub fn run(config: Config) -> Result<(), String> {
+    // Before any thread starts: threads take their nice value from the
+    // thread that creates them.
+    let alerts = apply_process(&config.process);
     init_tracing(&config)?;
     let threads = crate::proxy::worker_threads(&config);
     let conf = ServerConf {
@@ -139,6 +191,10 @@ pub fn run(config: Config) -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let rt = Runtime::new(config).map_err(|e| format!("cannot open log: {e}"))?;
+    for a in &alerts {
+        rt.errlog
+            .write_line(&crate::report::process_line("alert", a));
+    }
     let app = Arc::new(Why502 { rt: Arc::new(rt) });
     if !own_sockets.is_empty() {
         server.add_service(crate::proxy::own::OwnService {

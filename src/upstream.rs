@@ -404,6 +404,10 @@ pub fn connect_failure(addr: &Addr, e: &io::Error) -> Failure {
             const { std::cell::RefCell::new(None) };
     }
     let errno = e.raw_os_error().unwrap_or(0);
+    if errno == libc::EMFILE || errno == libc::ENFILE {
+        // connect() does not return these: socket() did (tokio's connect).
+        return socket_failure(e);
+    }
     let now = Instant::now();
     LAST.with_borrow_mut(|last| match last {
         // A second at most, like the sibling-socket hint it may carry.
@@ -460,6 +464,17 @@ fn diagnose_connect(addr: &Addr, e: &io::Error, errno: i32) -> Failure {
         }
     }
     f
+}
+
+/// `socket()` failed: why502's descriptors (or the system's, or memory)
+/// ran out. nginx's wording; a 500.
+pub fn socket_failure(e: &io::Error) -> Failure {
+    let errno = errno_text(e);
+    Failure::new(
+        Cause::ConnectSocketFailed,
+        format!("socket() failed {errno}"),
+        format!("creating a socket for the upstream connection: {errno}"),
+    )
 }
 
 pub fn timeout_failure(cause: Cause, what: &str) -> Failure {
@@ -521,7 +536,7 @@ pub async fn dial(
     timeout: Duration,
 ) -> Result<Dialed, Failure> {
     match (addr, tcp) {
-        (Addr::Unix(p), _) => match connect_unix_now(p) {
+        (Addr::Unix(p), _) => match connect_unix_now(new_socket(socket2::Domain::UNIX)?, p) {
             Ok(s) => return Ok(Dialed::Unix(s)),
             // Not seen for unix sockets on Linux; tokio's connect waits
             // for it.
@@ -529,7 +544,7 @@ pub async fn dial(
             Err(e) => return Err(connect_failure(addr, &e)),
         },
         (Addr::Tcp(_), Some(sa)) => {
-            return start_tcp(sa)
+            return start_tcp(new_socket(socket2::Domain::for_address(sa))?, sa)
                 .map(Dialed::Tcp)
                 .map_err(|e| connect_failure(addr, &e))
         }
@@ -539,20 +554,22 @@ pub async fn dial(
     connect(addr, timeout).await.map(Dialed::Conn)
 }
 
-/// A nonblocking `socket` and `connect` (the errors are the connect's, as
-/// with tokio's).
-fn connect_unix_now(p: &Path) -> io::Result<std::os::unix::net::UnixStream> {
-    use socket2::{Domain, SockAddr, Socket, Type};
-    let s = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
-    s.connect(&SockAddr::unix(p)?)?;
+/// A nonblocking stream socket; its failure is why502's, not the
+/// upstream's ([`socket_failure`]).
+fn new_socket(domain: socket2::Domain) -> Result<socket2::Socket, Failure> {
+    socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking(), None)
+        .map_err(|e| socket_failure(&e))
+}
+
+/// A nonblocking `connect` (the errors are the connect's, as with tokio's).
+fn connect_unix_now(s: socket2::Socket, p: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    s.connect(&socket2::SockAddr::unix(p)?)?;
     Ok(s.into())
 }
 
 /// A nonblocking TCP `connect`, started (`EINPROGRESS` is not an error),
 /// with `TCP_NODELAY` as [`connect`] sets it.
-fn start_tcp(sa: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(sa), Type::STREAM.nonblocking(), None)?;
+fn start_tcp(s: socket2::Socket, sa: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
     let _ = s.set_nodelay(true);
     match s.connect(&sa.into()) {
         Ok(()) => {}

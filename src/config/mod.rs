@@ -74,6 +74,8 @@ pub struct Config {
     pub logging: Logging,
     /// Worker threads (0 = number of CPUs).
     pub threads: usize,
+    /// The process's open-files limit and priority.
+    pub process: Process,
     /// Directives or keys that were read but not supported (reported by `check`).
     pub warnings: Vec<ConfigError>,
 }
@@ -119,9 +121,24 @@ impl Config {
             diagnostics: Diagnostics::default(),
             logging: Logging::default(),
             threads: 0,
+            process: Process::default(),
             warnings: Vec::new(),
         }
     }
+}
+
+/// Set once at startup, before the worker threads start (nginx's
+/// `worker_rlimit_nofile` and `worker_priority`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Process {
+    /// `RLIMIT_NOFILE`, soft and hard, as nginx sets it. `None`: the soft
+    /// limit is raised to the hard one (often 1,024 against 524,288 under
+    /// systemd), which nginx does not do: every proxied request holds two
+    /// descriptors, and running out turns requests into errors.
+    pub max_open_files: Option<u64>,
+    /// The nice value of every thread (the kernel clamps it to -20..19).
+    /// `None`: inherited.
+    pub priority: Option<i32>,
 }
 
 /// Where logs go. `None` = standard error.

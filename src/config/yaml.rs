@@ -220,6 +220,10 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
 struct File {
     #[serde(default)]
     threads: usize,
+    /// nginx's `worker_rlimit_nofile`.
+    max_open_files: Option<u64>,
+    /// nginx's `worker_priority`.
+    priority: Option<i32>,
     #[serde(default)]
     log: LogFile,
     #[serde(default)]
@@ -1091,6 +1095,18 @@ fn convert(file: File, text: &str, name: &str) -> Result<Config, ConfigError> {
             access_log: access_logs(file.log.access_log, &formats, &origin)?.unwrap_or_default(),
         },
         threads: file.threads,
+        process: crate::config::Process {
+            max_open_files: file.max_open_files,
+            priority: match file.priority {
+                Some(p) if !(-20..=19).contains(&p) => {
+                    return Err(ConfigError::new(
+                        origin("priority:"),
+                        format!("priority: {p} is not a nice value (-20..19)"),
+                    ))
+                }
+                p => p,
+            },
+        },
         warnings: Vec::new(),
     })
 }
@@ -1533,6 +1549,27 @@ mod tests {
         );
         let e = load_str(&text.replace("1.1", "2"), "t.yaml").expect_err("bad version");
         assert!(e.to_string().contains("http_version"), "{e}");
+    }
+
+    #[test]
+    fn process_keys() {
+        let site = "servers:\n  - listen: [8080]\n";
+        let c = load_str(
+            &format!("max_open_files: 65535\npriority: -5\n{site}"),
+            "t.yaml",
+        )
+        .expect("config");
+        assert_eq!(c.process.max_open_files, Some(65535));
+        assert_eq!(c.process.priority, Some(-5));
+        assert_eq!(
+            load_str(site, "t.yaml").expect("config").process,
+            Default::default()
+        );
+        let e = load_str(&format!("threads: 1\npriority: 20\n{site}"), "t.yaml")
+            .expect_err("not a nice value");
+        assert!(e.to_string().starts_with("t.yaml:2: priority: 20"), "{e}");
+        let e = load_str(&format!("max_open_files: -1\n{site}"), "t.yaml").expect_err("negative");
+        assert_eq!(e.origin.line, 1, "{e}");
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
         .any(|d| d.name == "server" || d.name == "upstream");
     let mut servers = Vec::new();
     let mut threads = 0;
+    let mut process = crate::config::Process::default();
     if has_http || !has_server {
         for d in tree {
             match d.name.as_str() {
@@ -89,6 +90,8 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
                 }
                 "error_log" => cv.main_error_log(d)?,
                 "worker_processes" => threads = worker_processes(d)?,
+                "worker_rlimit_nofile" => process.max_open_files = Some(rlimit_nofile(d)?),
+                "worker_priority" => process.priority = Some(priority(d)?),
                 "events" => cv.warn(d, "ignored (why502 uses its own worker threads)"),
                 n if MAIN_HARMLESS.contains(&n) => cv.warn(d, "ignored"),
                 "stream" | "mail" => return Err(err(d, "is not supported")),
@@ -119,8 +122,38 @@ pub fn convert(tree: &[Directive], source: &str, prefix: &Path) -> Result<Config
             access_log: std::mem::take(&mut cv.http_access_log),
         },
         threads,
+        process,
         warnings: cv.warnings,
     })
+}
+
+/// `worker_rlimit_nofile N`.
+fn rlimit_nofile(d: &Directive) -> Result<u64, ConfigError> {
+    match (d.args.len(), d.arg(0).map(str::parse::<u64>)) {
+        (1, Some(Ok(n))) => Ok(n),
+        (1, _) => Err(err(d, "invalid number")),
+        _ => Err(err(d, "invalid number of arguments")),
+    }
+}
+
+/// `worker_priority N`: a nice value, `-5` or `+5`, clamped to -20..19
+/// as `setpriority` clamps what nginx passes it.
+fn priority(d: &Directive) -> Result<i32, ConfigError> {
+    let a = match (d.args.len(), d.arg(0)) {
+        (1, Some(a)) => a,
+        _ => return Err(err(d, "invalid number of arguments")),
+    };
+    let (neg, digits) = match a.as_bytes().first() {
+        Some(b'-') => (true, &a[1..]),
+        Some(b'+') => (false, &a[1..]),
+        _ => (false, a),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err(d, "invalid number"));
+    }
+    // Beyond the kernel's range it means the same as the range's end.
+    let n = digits.parse::<i32>().unwrap_or(i32::MAX).min(40);
+    Ok(if neg { -n } else { n }.clamp(-20, 19))
 }
 
 /// `worker_processes N | auto`: why502's worker threads (0 = one per CPU,
@@ -139,9 +172,7 @@ fn worker_processes(d: &Directive) -> Result<usize, ConfigError> {
 /// Main-context directives that do not change request handling.
 const MAIN_HARMLESS: &[&str] = &[
     "user",
-    "worker_rlimit_nofile",
     "worker_cpu_affinity",
-    "worker_priority",
     "worker_shutdown_timeout",
     "worker_rlimit_core",
     "working_directory",

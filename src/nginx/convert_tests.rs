@@ -527,6 +527,58 @@ fn worker_processes_sets_threads() {
 }
 
 #[test]
+fn worker_rlimit_nofile_and_worker_priority_set_the_process() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let conf = tmp.path().join("nginx.conf");
+    let site = "http { server { listen 127.0.0.1:8080; root /tmp; } }";
+    let load = |main: &str| {
+        std::fs::write(&conf, format!("{main}\n{site}\n")).expect("write");
+        load_file(&conf)
+    };
+    let cfg = load("worker_rlimit_nofile 65535;\nworker_priority -5;").expect("loads");
+    assert_eq!(cfg.process.max_open_files, Some(65535));
+    assert_eq!(cfg.process.priority, Some(-5));
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    // nginx takes `+5`, and leaves the range to the kernel, which clamps.
+    assert_eq!(
+        load("worker_priority +5;").expect("loads").process.priority,
+        Some(5)
+    );
+    assert_eq!(
+        load("worker_priority 99;").expect("loads").process.priority,
+        Some(19)
+    );
+    assert_eq!(
+        load("worker_priority -99;")
+            .expect("loads")
+            .process
+            .priority,
+        Some(-20)
+    );
+    assert_eq!(load("").expect("loads").process, Default::default());
+    // nginx's wording (nginx -t), with the file and line.
+    for (main, msg) in [
+        (
+            "worker_rlimit_nofile abc;",
+            "\"worker_rlimit_nofile\" invalid number",
+        ),
+        (
+            "worker_rlimit_nofile -3;",
+            "\"worker_rlimit_nofile\" invalid number",
+        ),
+        (
+            "worker_rlimit_nofile 1 2;",
+            "\"worker_rlimit_nofile\" invalid number of arguments",
+        ),
+        ("worker_priority x;", "\"worker_priority\" invalid number"),
+        ("worker_priority +;", "\"worker_priority\" invalid number"),
+    ] {
+        let e = load(main).expect_err(main).to_string();
+        assert!(e.contains("nginx.conf:1") && e.contains(msg), "{main}: {e}");
+    }
+}
+
+#[test]
 fn keepalive_requests_per_server() {
     let cfg = ok("events {}\nhttp {\n  keepalive_requests 500;\n  server { listen 8080; }\n  server {\n    listen 8081;\n    keepalive_requests 7;\n    location / { keepalive_requests 9; }\n  }\n}\n");
     assert_eq!(cfg.servers[0].keepalive_requests, 500, "from http");

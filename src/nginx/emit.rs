@@ -311,6 +311,12 @@ pub fn to_yaml(cfg: &Config) -> String {
     if cfg.threads > 0 {
         let _ = writeln!(o, "threads: {}", cfg.threads);
     }
+    if let Some(n) = cfg.process.max_open_files {
+        let _ = writeln!(o, "max_open_files: {n}");
+    }
+    if let Some(p) = cfg.process.priority {
+        let _ = writeln!(o, "priority: {p}");
+    }
     let lg = &cfg.logging;
     let mut formats = BTreeMap::new();
     collect_formats(cfg, &mut formats, o);
@@ -897,8 +903,8 @@ mod tests {
         }
         let _ = writeln!(
             out,
-            "{:#?}\n{:#?}\nthreads {}",
-            cfg.logging, cfg.diagnostics, cfg.threads
+            "{:#?}\n{:#?}\nthreads {}\n{:?}",
+            cfg.logging, cfg.diagnostics, cfg.threads, cfg.process
         );
         out
     }
@@ -1055,6 +1061,8 @@ mod tests {
             &conf,
             r#"
 error_log /var/log/why502/error.log warn;
+worker_rlimit_nofile 65535;
+worker_priority -5;
 http {
     log_format main '$remote_addr "$request" $status $upstream_addr $why502_cause';
     log_format js escape=json '{"uri":"$uri","ua":"$http_user_agent"}';

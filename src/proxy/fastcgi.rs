@@ -235,6 +235,11 @@ pub async fn serve<S: Downstream>(
                 .await
                 {
                     Ok(d) => d,
+                    // why502's own limit: no other server would do better,
+                    // and this one is not to blame (nginx: a 500, no next).
+                    Err(f) if f.cause == Cause::ConnectSocketFailed => {
+                        break 'serve p.respond_failure(session, ctx, f).await;
+                    }
                     Err(f) => {
                         up.connect_went(i, true);
                         up.failed(i, &f.nginx_message);

@@ -950,10 +950,16 @@ impl Why502 {
         let lines = if titled { session.head_lines() } else { None };
         let r = report::render(&self.rt.config.diagnostics, &f, &ctx.summary, form, lines);
         report::log_failure(&self.rt.errlog, &f, &ctx.summary);
+        // nginx closes the connection after its own 500 page
+        // (ngx_http_special_response_handler).
+        let close = matches!(f.cause, Cause::ConnectSocketFailed | Cause::ProxyInternal);
         ctx.logged = true;
         ctx.failure = Some(f);
         if r.status == 499 {
             return Err(Abort);
+        }
+        if close {
+            session.set_keepalive(None);
         }
         use http::header as hn;
         // Room for the diagnosis headers and the three the server adds

@@ -1,5 +1,6 @@
 //! connect.*: opening the connection to the upstream.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -273,5 +274,55 @@ fn no_live_upstreams_after_both_servers_failed() {
     assert!(
         details.contains(&pa.to_string()) && details.contains(&pb.to_string()),
         "details should name each server's last failure: {details}"
+    );
+}
+
+#[test]
+fn socket_failed_when_why502_is_out_of_descriptors() {
+    // why502 limits itself to 40 descriptors; idle client connections take
+    // them until accept() fails, then a PHP request on one of those
+    // connections cannot have a socket for the upstream.
+    let dir = support::temp_dir();
+    let yaml = "max_open_files: 40\nservers:\n  - listen: [\"{listen}\"]\n    locations:\n      - exact: /r\n        return: { code: 200, text: \"hi\\n\" }\n      - regex: '\\.php$'\n        fastcgi: { pass: \"unix:/nonexistent-why502-dir/php.sock\" }\n";
+    let p = Proxy::yaml_flags(dir.path(), yaml, &["--threads", "1"]);
+    let mut held = Vec::new();
+    let mut stalled = None;
+    for _ in 0..60 {
+        let mut s = TcpStream::connect(&p.addr).unwrap();
+        s.write_all(b"GET /r HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let r = support::read_response(&mut s, false, Instant::now() + Duration::from_secs(1));
+        if r.status == 200 {
+            held.push(s);
+        } else {
+            // Not accepted (no answer at all): why502 is at its limit.
+            assert_eq!(r.status, 0, "{}", r.text());
+            stalled = Some(s);
+            break;
+        }
+    }
+    assert!(
+        stalled.is_some(),
+        "60 connections and no limit reached{}",
+        p.logs()
+    );
+    // The connection waiting in the listen queue is in the log, as nginx's.
+    let log = p.error_log();
+    assert!(
+        log.contains(" [crit] ") && log.contains("#0: accept4() failed (24: Too many open files)"),
+        "{log}"
+    );
+    let mut s = held.pop().expect("an accepted connection");
+    s.write_all(b"GET /hello.php HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = support::read_response(&mut s, false, Instant::now() + Duration::from_secs(10));
+    let d = assert_diagnosed(&p, &r, "connect.socket_failed", 500);
+    // nginx closes the connection after its 500 page.
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    assert!(
+        d.log_line.contains(" [alert] ")
+            && d.log_line
+                .contains("socket() failed (24: Too many open files) while connecting to upstream"),
+        "{}",
+        d.log_line
     );
 }

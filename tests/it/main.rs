@@ -20,6 +20,7 @@ mod framing;
 mod h1;
 mod h2;
 mod header;
+mod process;
 mod send;
 mod streaming;
 mod surfaces;
