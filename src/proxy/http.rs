@@ -1966,10 +1966,12 @@ fn connect_phase(st: &mut HttpState, e: &Error) -> (Failure, Class) {
         Err(_) => (None, false),
     };
     if let Some(f) = slot_failure {
-        let class = if matches!(f.cause, Cause::ConnectTimeout | Cause::TlsTimeout) {
-            Class::Timeout
-        } else {
-            Class::Error
+        let class = match f.cause {
+            Cause::ConnectTimeout | Cause::TlsTimeout => Class::Timeout,
+            // why502's own descriptors: the server is not to blame and the
+            // next would fail the same way (nginx: a 500, no next).
+            Cause::ConnectSocketFailed => Class::Final,
+            _ => Class::Error,
         };
         return (f, class);
     }

@@ -277,46 +277,54 @@ fn no_live_upstreams_after_both_servers_failed() {
     );
 }
 
-#[test]
-fn socket_failed_when_why502_is_out_of_descriptors() {
-    // why502 limits itself to 40 descriptors; idle client connections take
-    // them until accept() fails, then a PHP request on one of those
-    // connections cannot have a socket for the upstream.
-    let dir = support::temp_dir();
-    let yaml = "max_open_files: 40\nservers:\n  - listen: [\"{listen}\"]\n    locations:\n      - exact: /r\n        return: { code: 200, text: \"hi\\n\" }\n      - regex: '\\.php$'\n        fastcgi: { pass: \"unix:/nonexistent-why502-dir/php.sock\" }\n";
-    let p = Proxy::yaml_flags(dir.path(), yaml, &["--threads", "1"]);
+/// Takes why502's descriptors with idle client connections until accept()
+/// fails; returns one accepted connection and the others (every descriptor
+/// is in use while they are open).
+/// `own`: the port is served by why502's own HTTP/1 server (not Pingora's),
+/// which logs the failed accept.
+fn exhaust_descriptors(p: &Proxy, own: bool) -> (TcpStream, Vec<TcpStream>) {
     let mut held = Vec::new();
-    let mut stalled = None;
     for _ in 0..60 {
         let mut s = TcpStream::connect(&p.addr).unwrap();
         s.write_all(b"GET /r HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let r = support::read_response(&mut s, false, Instant::now() + Duration::from_secs(1));
         if r.status == 200 {
             held.push(s);
-        } else {
-            // Not accepted (no answer at all): why502 is at its limit.
-            assert_eq!(r.status, 0, "{}", r.text());
-            stalled = Some(s);
-            break;
+            continue;
         }
+        // Not accepted (no answer at all): why502 is at its limit. The
+        // connection waiting in the listen queue is in the log, as nginx's.
+        assert_eq!(r.status, 0, "{}", r.text());
+        let log = p.error_log();
+        assert!(
+            !own || log.contains(" [crit] ")
+                && log.contains("#0: accept4() failed (24: Too many open files)"),
+            "{log}"
+        );
+        // The waiting connection stays open too, or it would be accepted
+        // and closed, in the place of a later request.
+        let one = held.pop().expect("an accepted connection");
+        held.push(s);
+        return (one, held);
     }
-    assert!(
-        stalled.is_some(),
-        "60 connections and no limit reached{}",
-        p.logs()
-    );
-    // The connection waiting in the listen queue is in the log, as nginx's.
-    let log = p.error_log();
-    assert!(
-        log.contains(" [crit] ") && log.contains("#0: accept4() failed (24: Too many open files)"),
-        "{log}"
-    );
-    let mut s = held.pop().expect("an accepted connection");
-    s.write_all(b"GET /hello.php HTTP/1.1\r\nHost: t\r\n\r\n")
+    panic!("60 connections and no limit reached{}", p.logs());
+}
+
+/// why502 limited to 40 descriptors, `/r` answered without any, and a
+/// location through an upstream of two servers that are never reached.
+fn out_of_descriptors(upstream: &str, location: &str) -> String {
+    format!("max_open_files: 40\nupstreams:\n  up:\n    servers: [{upstream}]\nservers:\n  - listen: [\"{{listen}}\"]\n    locations:\n      - exact: /r\n        return: {{ code: 200, text: \"hi\\n\" }}\n      - {location}\n")
+}
+
+/// The request on `s` is answered 500 `connect.socket_failed` and the
+/// connection closed, as nginx does; only the first server was tried (one
+/// log line), and it was not marked failed: the next request is not
+/// "no live upstreams" (max_fails 1).
+fn assert_socket_failed(p: &Proxy, s: &mut TcpStream, held: &mut [TcpStream], path: &str) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
         .unwrap();
-    let r = support::read_response(&mut s, false, Instant::now() + Duration::from_secs(10));
-    let d = assert_diagnosed(&p, &r, "connect.socket_failed", 500);
-    // nginx closes the connection after its 500 page.
+    let r = support::read_response(s, false, Instant::now() + Duration::from_secs(10));
+    let d = assert_diagnosed(p, &r, "connect.socket_failed", 500);
     assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
     assert!(
         d.log_line.contains(" [alert] ")
@@ -325,4 +333,41 @@ fn socket_failed_when_why502_is_out_of_descriptors() {
         "{}",
         d.log_line
     );
+    let log = p.error_log();
+    assert_eq!(log.matches("socket() failed").count(), 1, "{log}");
+    let s = held.first_mut().expect("a held connection");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let r = support::read_response(s, false, Instant::now() + Duration::from_secs(10));
+    let cause = r.header("why502-cause").unwrap_or_default().to_string();
+    assert!(
+        cause.starts_with("connect.") && cause != "connect.no_live_upstreams",
+        "{cause}: {:?}",
+        r.headers
+    );
+}
+
+#[test]
+fn socket_failed_when_why502_is_out_of_descriptors() {
+    let dir = support::temp_dir();
+    let yaml = out_of_descriptors(
+        "\"unix:/nonexistent-why502-a/php.sock\", \"unix:/nonexistent-why502-b/php.sock\"",
+        "regex: '\\.php$'\n        fastcgi: { pass: up }",
+    );
+    let p = Proxy::yaml_flags(dir.path(), &yaml, &["--threads", "1"]);
+    let (mut s, mut held) = exhaust_descriptors(&p, true);
+    assert_socket_failed(&p, &mut s, &mut held, "/hello.php");
+}
+
+#[test]
+fn socket_failed_on_an_http_upstream_is_not_its_failure() {
+    let dir = support::temp_dir();
+    // A port with an HTTP upstream is served by Pingora.
+    let yaml = out_of_descriptors(
+        "\"127.0.0.1:9\", \"127.0.0.1:7\"",
+        "prefix: /proxy/\n        proxy: { pass: \"http://up\" }",
+    );
+    let p = Proxy::yaml_flags(dir.path(), &yaml, &["--threads", "1"]);
+    let (mut s, mut held) = exhaust_descriptors(&p, false);
+    assert_socket_failed(&p, &mut s, &mut held, "/proxy/x");
 }
