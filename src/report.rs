@@ -255,20 +255,23 @@ const MAX_LINE: usize = 2048;
 /// trailing newline): `2024/05/01 12:00:00 [alert] 1234#0: message`.
 pub fn process_line(level: &str, message: &str) -> String {
     let mut s = String::with_capacity(64 + message.len());
-    push_log_time(&mut s);
+    push_line_head(&mut s, level);
+    s.push_str(message);
+    s.push('\n');
+    s
+}
+
+/// The start every error-log line has: `2024/05/01 12:00:00 [level] PID#0: `.
+fn push_line_head(s: &mut String, level: &str) {
+    // getpid() is a system call each time: ask once.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    push_log_time(s);
+    // Pieces pushed one by one: `write!` costs most of the line.
     let mut num = itoa::Buffer::new();
-    for part in [
-        " [",
-        level,
-        "] ",
-        num.format(std::process::id()),
-        "#0: ",
-        message,
-        "\n",
-    ] {
+    for part in [" [", level, "] ", num.format(pid), "#0: "] {
         s.push_str(part);
     }
-    s
 }
 
 /// Formats one nginx error-log line (with the trailing newline).
@@ -278,18 +281,11 @@ pub fn nginx_line(
     phase_while: Option<&str>,
     req: &RequestSummary,
 ) -> String {
-    // getpid() is a system call each time: ask once.
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let pid = *PID.get_or_init(std::process::id);
     let client = req.client_text();
     let mut s = String::with_capacity(512);
-    push_log_time(&mut s);
-    // Pieces pushed one by one: `write!` costs most of the line.
+    push_line_head(&mut s, level);
     let mut num = itoa::Buffer::new();
-    for part in [" [", level, "] ", num.format(pid), "#0: *"] {
-        s.push_str(part);
-    }
-    for part in [num.format(req.conn), " ", message] {
+    for part in ["*", num.format(req.conn), " ", message] {
         s.push_str(part);
     }
     if let Some(w) = phase_while {

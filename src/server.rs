@@ -84,7 +84,7 @@ fn l4_buffer() -> L4BufferSettings {
 /// and `priority` in YAML), for the whole process. Without
 /// `max_open_files`, the soft open-files limit is raised to the hard one.
 /// Returns what failed, worded as nginx's alerts (nginx, too, goes on).
-pub fn apply_process(p: &crate::config::Process) -> Vec<String> {
+fn apply_process(p: &crate::config::Process) -> Vec<String> {
     let mut alerts = Vec::new();
     let mut lim = libc::rlimit {
         rlim_cur: 0,
