@@ -261,6 +261,30 @@ pub fn process_line(level: &str, message: &str) -> String {
     s
 }
 
+/// nginx's `[crit] accept4() failed (24: Too many open files)` for a
+/// listener whose `accept()` failed, why502's own or Pingora's: at most one
+/// line a second for the whole process (a listener out of descriptors
+/// fails its accept every few milliseconds until one is freed).
+pub fn accept_failed(errlog: &ErrorLog, e: &std::io::Error) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let now = std::time::Instant::now();
+    if let Ok(mut last) = LAST.lock() {
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(now);
+    }
+    let msg = format!("accept4() failed {}", crate::upstream::errno_text(e));
+    errlog.write_line(&process_line("crit", &msg));
+}
+
+/// The errno in an error's text, as Rust's `io::Error` writes it
+/// (`Too many open files (os error 24)`).
+pub fn os_error_in(text: &str) -> Option<i32> {
+    let (_, rest) = text.rsplit_once("(os error ")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
 /// The start every error-log line has: `2024/05/01 12:00:00 [level] PID#0: `.
 fn push_line_head(s: &mut String, level: &str) {
     // getpid() is a system call each time: ask once.
@@ -948,6 +972,14 @@ pub fn event(f: &Failure, req: &RequestSummary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn os_error_in_pingoras_accept_failure() {
+        let text = "Accept() failed  AcceptError context: Fail to accept() cause: Too many open files (os error 24)";
+        assert_eq!(os_error_in(text), Some(24));
+        assert_eq!(os_error_in("Accept() failed (os error x)"), None);
+        assert_eq!(os_error_in("Accept() failed"), None);
+    }
 
     fn req() -> RequestSummary {
         RequestSummary {

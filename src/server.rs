@@ -1,7 +1,7 @@
 //! Builds and runs the Pingora server from a [`Config`]: listeners (plain,
 //! TLS, HTTP/2), threads, and the logging sinks.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
@@ -13,8 +13,9 @@ use crate::proxy::{Runtime, Why502};
 
 /// Sets up `tracing`: the failure events (JSON lines, [`crate::events`])
 /// to the events file or stderr; other events (Pingora's errors, filtered by
-/// `WHY502_LOG`) as tracing-subscriber's JSON to the same place.
-pub fn init_tracing(config: &Config) -> Result<(), String> {
+/// `WHY502_LOG`) as tracing-subscriber's JSON to the same place; and
+/// Pingora's failed accepts to the error log, once `errlog` is set.
+pub fn init_tracing(config: &Config, errlog: Arc<OnceLock<Arc<Runtime>>>) -> Result<(), String> {
     use tracing_subscriber::filter::{filter_fn, EnvFilter};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -65,8 +66,60 @@ pub fn init_tracing(config: &Config) -> Result<(), String> {
         .with(filter)
         .with(EventsLayer::new(sink).with_filter(filter_fn(|m| m.target() == TARGET)))
         .with(other.with_filter(filter_fn(|m| m.target() != TARGET)))
+        .with(PingoraAccept(errlog).with_filter(filter_fn(|m| *m.level() == tracing::Level::ERROR)))
         .try_init()
         .map_err(|e| format!("cannot initialize logging: {e}"))
+}
+
+/// Pingora's accept loop reports a failed `accept()` (out of descriptors,
+/// say) only as a `log` record, `Accept() failed ... (os error 24)`, which
+/// reaches `tracing` through tracing-log: this writes it to the error log
+/// as nginx's `[crit] accept4() failed (24: Too many open files)`, as
+/// why502's own listeners do ([`crate::report::accept_failed`]).
+struct PingoraAccept(Arc<OnceLock<Arc<Runtime>>>);
+
+/// Pingora's module that logs a failed accept.
+const PINGORA_ACCEPT_TARGET: &str = "pingora_core::services::listening";
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PingoraAccept {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(rt) = self.0.get() else {
+            return;
+        };
+        let mut f = LogFields::default();
+        event.record(&mut f);
+        // Events from `log` records carry the record's target as a field
+        // (their metadata's target is `log`).
+        if f.target != PINGORA_ACCEPT_TARGET || !f.message.starts_with("Accept() failed") {
+            return;
+        }
+        let e = match crate::report::os_error_in(&f.message) {
+            Some(n) => std::io::Error::from_raw_os_error(n),
+            None => std::io::Error::other(f.message),
+        };
+        crate::report::accept_failed(&rt.errlog, &e);
+    }
+}
+
+/// The message and `log.target` of an event from a `log` record.
+#[derive(Default)]
+struct LogFields {
+    message: String,
+    target: String,
+}
+
+impl tracing::field::Visit for LogFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.target = value.to_string();
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
 }
 
 /// The client connection's write buffer: a response header and a body of
@@ -134,7 +187,8 @@ pub fn run(config: Config) -> Result<(), String> {
     // Before any thread starts: threads take their nice value from the
     // thread that creates them.
     let alerts = apply_process(&config.process);
-    init_tracing(&config)?;
+    let accept_errlog = Arc::new(OnceLock::new());
+    init_tracing(&config, accept_errlog.clone())?;
     let threads = crate::proxy::worker_threads(&config);
     let conf = ServerConf {
         threads,
@@ -196,6 +250,7 @@ pub fn run(config: Config) -> Result<(), String> {
             .write_line(&crate::report::process_line("alert", a));
     }
     let app = Arc::new(Why502 { rt: Arc::new(rt) });
+    let _ = accept_errlog.set(app.rt.clone());
     if !own_sockets.is_empty() {
         server.add_service(crate::proxy::own::OwnService {
             app: app.clone(),

@@ -36,18 +36,7 @@ impl h1::App for Why502 {
     /// nginx's `[crit] accept4() failed (24: Too many open files)`, at most
     /// once a second: accepting is retried every 10 ms meanwhile.
     fn accept_failed(&self, e: &std::io::Error) {
-        static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-        let now = std::time::Instant::now();
-        if let Ok(mut last) = LAST.lock() {
-            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
-                return;
-            }
-            *last = Some(now);
-        }
-        let msg = format!("accept4() failed {}", crate::upstream::errno_text(e));
-        self.rt
-            .errlog
-            .write_line(&crate::report::process_line("crit", &msg));
+        crate::report::accept_failed(&self.rt.errlog, e);
     }
 }
 

@@ -280,9 +280,7 @@ fn no_live_upstreams_after_both_servers_failed() {
 /// Takes why502's descriptors with idle client connections until accept()
 /// fails; returns one accepted connection and the others (every descriptor
 /// is in use while they are open).
-/// `own`: the port is served by why502's own HTTP/1 server (not Pingora's),
-/// which logs the failed accept.
-fn exhaust_descriptors(p: &Proxy, own: bool) -> (TcpStream, Vec<TcpStream>) {
+fn exhaust_descriptors(p: &Proxy) -> (TcpStream, Vec<TcpStream>) {
     let mut held = Vec::new();
     for _ in 0..60 {
         let mut s = TcpStream::connect(&p.addr).unwrap();
@@ -293,11 +291,12 @@ fn exhaust_descriptors(p: &Proxy, own: bool) -> (TcpStream, Vec<TcpStream>) {
             continue;
         }
         // Not accepted (no answer at all): why502 is at its limit. The
-        // connection waiting in the listen queue is in the log, as nginx's.
+        // connection waiting in the listen queue is in the log, as nginx's
+        // (why502's own listener or Pingora's).
         assert_eq!(r.status, 0, "{}", r.text());
         let log = p.error_log();
         assert!(
-            !own || log.contains(" [crit] ")
+            log.contains(" [crit] ")
                 && log.contains("#0: accept4() failed (24: Too many open files)"),
             "{log}"
         );
@@ -355,7 +354,7 @@ fn socket_failed_when_why502_is_out_of_descriptors() {
         "regex: '\\.php$'\n        fastcgi: { pass: up }",
     );
     let p = Proxy::yaml_flags(dir.path(), &yaml, &["--threads", "1"]);
-    let (mut s, mut held) = exhaust_descriptors(&p, true);
+    let (mut s, mut held) = exhaust_descriptors(&p);
     assert_socket_failed(&p, &mut s, &mut held, "/hello.php");
 }
 
@@ -368,6 +367,6 @@ fn socket_failed_on_an_http_upstream_is_not_its_failure() {
         "prefix: /proxy/\n        proxy: { pass: \"http://up\" }",
     );
     let p = Proxy::yaml_flags(dir.path(), &yaml, &["--threads", "1"]);
-    let (mut s, mut held) = exhaust_descriptors(&p, false);
+    let (mut s, mut held) = exhaust_descriptors(&p);
     assert_socket_failed(&p, &mut s, &mut held, "/proxy/x");
 }
