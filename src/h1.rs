@@ -1421,6 +1421,15 @@ struct Worker<A> {
     shutdown: watch::Receiver<bool>,
 }
 
+/// A connection counted in its thread's `active` until this is dropped.
+struct Active<'a, A>(&'a Worker<A>);
+
+impl<A> Drop for Active<'_, A> {
+    fn drop(&mut self) {
+        self.0.active[self.0.me].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl<A> Clone for Worker<A> {
     fn clone(&self) -> Self {
         Worker {
@@ -1437,8 +1446,11 @@ impl<A: App> Worker<A> {
     fn spawn_conn(&self, s: TcpStream, h2: bool) {
         let w = self.clone();
         tokio::spawn(async move {
+            // Counted down however the task ends: a panic (a bug) ends
+            // the task too, and would otherwise leave the thread counted
+            // busier than it is for good.
+            let _active = Active(&w);
             serve_connection(&*w.app, s, h2).await;
-            w.active[w.me].fetch_sub(1, Ordering::Relaxed);
         });
     }
 

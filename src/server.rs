@@ -71,6 +71,39 @@ pub fn init_tracing(config: &Config, errlog: Arc<OnceLock<Arc<Runtime>>>) -> Res
         .map_err(|e| format!("cannot initialize logging: {e}"))
 }
 
+/// A panic is a bug in why502 (or a library): tokio ends the task, so the
+/// connection it served is closed and the server runs on. nginx logs its
+/// worker's crash (`[alert] worker process 1234 exited on signal 11`); this
+/// puts the panic in the error log the same way, next to the failures it
+/// diagnoses, instead of only on standard error (Rust's own message, which
+/// still follows).
+fn log_panics(rt: Arc<Runtime>) {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        // One line, and not much of one: nginx caps its lines at 2 KiB.
+        let mut what: String = what.chars().take(1024).collect();
+        what = what.replace(['\n', '\r'], " ");
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let msg = format!(
+            "bug: thread '{}' panicked{at}: {what}; the connection it served was closed, the server runs on",
+            thread.name().unwrap_or("unnamed")
+        );
+        rt.errlog
+            .write_line(&crate::report::process_line("alert", &msg));
+        prev(info);
+    }));
+}
+
 /// Pingora's accept loop reports a failed `accept()` (out of descriptors,
 /// say) only as a `log` record, `Accept() failed ... (os error 24)`, which
 /// reaches `tracing` through tracing-log: this writes it to the error log
@@ -251,6 +284,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let app = Arc::new(Why502 { rt: Arc::new(rt) });
     let _ = accept_errlog.set(app.rt.clone());
+    log_panics(app.rt.clone());
     if !own_sockets.is_empty() {
         server.add_service(crate::proxy::own::OwnService {
             app: app.clone(),

@@ -411,6 +411,19 @@ fn new_request_id(n: u64) -> String {
         .unwrap_or_default()
 }
 
+/// Debug builds only (the tests' binary): a request for the path in
+/// `WHY502_TEST_PANIC` panics, so the tests can check what a bug in why502
+/// costs (one connection, and a line in the error log). Release builds have
+/// no such path.
+#[cfg(debug_assertions)]
+fn test_panic(path: &str) {
+    static PATH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = PATH.get_or_init(|| std::env::var("WHY502_TEST_PANIC").ok());
+    if at.as_deref() == Some(path) {
+        panic!("WHY502_TEST_PANIC: {path}");
+    }
+}
+
 impl Why502 {
     pub fn init_ctx<S: Downstream>(&self, session: &S, ctx: &mut ReqCtx) {
         let n = self.rt.conns.fetch_add(1, Ordering::Relaxed) + 1;
@@ -449,6 +462,8 @@ impl Why502 {
         session: &mut S,
         ctx: &mut ReqCtx,
     ) -> Result<(), Abort> {
+        #[cfg(debug_assertions)]
+        test_panic(session.req_header().uri.path());
         let mut st = RouteState::default();
         let r = self.route(session, ctx, &mut st).await;
         self.rt.access.leave_routing(ctx, st);

@@ -71,8 +71,13 @@ impl Proxy {
     /// A YAML config with command-line flags after it (`--threads 1`: the
     /// harness passes `--threads 2` otherwise).
     pub fn yaml_flags(dir: &Path, yaml: &str, flags: &[&str]) -> Proxy {
+        Proxy::yaml_wrapped(dir, &[], yaml, flags)
+    }
+
+    /// A YAML config, why502 started through `wrapper` (`env VAR=value`).
+    pub fn yaml_wrapped(dir: &Path, wrapper: &[&str], yaml: &str, flags: &[&str]) -> Proxy {
         let path = dir.join("why502.yaml");
-        Proxy::spawn(dir, &[], |port| {
+        Proxy::spawn(dir, wrapper, |port| {
             let text = yaml.replace("{listen}", &format!("127.0.0.1:{port}"));
             std::fs::write(&path, text).expect("write why502.yaml");
             let mut v = vec!["--config".to_string(), path.display().to_string()];

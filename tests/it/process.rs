@@ -1,6 +1,7 @@
 //! The process settings nginx sets in its main context: `worker_rlimit_nofile`
 //! and `worker_priority` (`max_open_files` and `priority` in YAML), and the
-//! soft open-files limit raised to the hard one when none is set.
+//! soft open-files limit raised to the hard one when none is set. And what
+//! a bug (a panic) in why502 costs: one connection, and a line in the log.
 
 use std::time::Duration;
 
@@ -95,4 +96,72 @@ fn a_limit_that_cannot_be_set_is_an_alert_and_the_server_runs() {
             ),
         "{log}"
     );
+}
+
+/// A panic (a bug in why502 or a library) ends the one connection it hit:
+/// it is an `[alert]` in the error log, and every other connection, open
+/// before or after, is served on. On why502's own listener and on Pingora's
+/// (a port with an HTTP backend). `WHY502_TEST_PANIC` makes a request for
+/// that path panic; debug builds (the tests') only.
+#[test]
+fn a_panic_ends_one_connection_and_is_in_the_error_log() {
+    if !cfg!(debug_assertions) {
+        panic!("WHY502_TEST_PANIC is in debug builds only: run this test without --release");
+    }
+    for pingora in [false, true] {
+        let dir = support::temp_dir();
+        let proxy = if pingora {
+            "\n      - prefix: /proxy/\n        proxy: { pass: \"http://127.0.0.1:9\" }"
+        } else {
+            ""
+        };
+        let p = Proxy::yaml_wrapped(
+            dir.path(),
+            &["env", "WHY502_TEST_PANIC=/boom"],
+            &format!("{SITE}{proxy}\n"),
+            &[],
+        );
+        // A keep-alive connection open before the panic.
+        let mut before = std::net::TcpStream::connect(&p.addr).expect("connect");
+        let get_r = b"GET /r HTTP/1.1\r\nHost: t\r\n\r\n";
+        let deadline = || std::time::Instant::now() + Duration::from_secs(5);
+        std::io::Write::write_all(&mut before, get_r).expect("write");
+        let r = support::read_response(&mut before, false, deadline());
+        assert_eq!(r.status, 200, "pingora {pingora}: {}", p.logs());
+
+        let r = p.get("/boom");
+        assert_eq!(
+            r.status,
+            0,
+            "pingora {pingora}: no answer, the connection closed: {}",
+            r.text()
+        );
+        let log = wait_until(Duration::from_secs(5), || {
+            let log = p.error_log();
+            log.contains("panicked").then_some(log)
+        })
+        .unwrap_or_else(|| panic!("pingora {pingora}: no panic line in\n{}", p.logs()));
+        assert!(
+            log.lines().any(|l| l.contains(" [alert] ")
+                && l.contains("#0: bug: thread '")
+                && l.contains("panicked at src/proxy/mod.rs:")
+                && l.contains(": WHY502_TEST_PANIC: /boom; the connection it served was closed")),
+            "pingora {pingora}: {log}"
+        );
+
+        std::io::Write::write_all(&mut before, get_r).expect("write");
+        let r = support::read_response(&mut before, false, deadline());
+        assert_eq!(
+            r.status,
+            200,
+            "pingora {pingora}: the connection from before: {}",
+            p.logs()
+        );
+        assert_eq!(
+            p.get("/r").status,
+            200,
+            "pingora {pingora}: a new connection: {}",
+            p.logs()
+        );
+    }
 }
