@@ -252,11 +252,13 @@ fn line_level(line: &str) -> LogLevel {
 const MAX_LINE: usize = 2048;
 
 /// An error-log line about the process rather than a request (with the
-/// trailing newline): `2024/05/01 12:00:00 [alert] 1234#0: message`.
+/// trailing newline): `2024/05/01 12:00:00 [alert] 1234#0: message`,
+/// capped at nginx's line length as request lines are.
 pub fn process_line(level: &str, message: &str) -> String {
-    let mut s = String::with_capacity(64 + message.len());
+    let mut s = String::with_capacity(64 + message.len().min(MAX_LINE));
     push_line_head(&mut s, level);
     s.push_str(message);
+    truncate_at_char(&mut s, MAX_LINE - 1);
     s.push('\n');
     s
 }
@@ -1009,6 +1011,8 @@ mod tests {
         assert!(l.contains("*7 connect() to unix:/run/php/php8.2-fpm.sock failed (2: No such file or directory) while connecting to upstream, client: 127.0.0.1, server: example.test, request: \"GET /x.php HTTP/1.1\", upstream: \"fastcgi://unix:/run/php/php8.2-fpm.sock:\", host: \"example.test\"\n"), "{l}");
         let long = "x".repeat(5000);
         assert!(nginx_line("error", &long, None, &req()).len() <= MAX_LINE);
+        let l = process_line("alert", &long);
+        assert!(l.len() <= MAX_LINE && l.ends_with("xx\n"), "{}", l.len());
         // nginx has freed the peer when it logs a timeout: no ":" after the socket.
         let l = nginx_line(
             "error",

@@ -86,9 +86,8 @@ fn log_panics(rt: Arc<Runtime>) {
             .copied()
             .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(no message)");
-        // One line, and not much of one: nginx caps its lines at 2 KiB.
-        let mut what: String = what.chars().take(1024).collect();
-        what = what.replace(['\n', '\r'], " ");
+        // One line (`process_line` caps its length, as nginx does).
+        let what = what.replace(['\n', '\r'], " ");
         let at = info
             .location()
             .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
