@@ -280,6 +280,77 @@ pub fn accept_failed(errlog: &ErrorLog, e: &std::io::Error) {
     errlog.write_line(&process_line("crit", &msg));
 }
 
+/// nginx's `[info]` message for a TLS handshake that failed on one of
+/// Pingora's listeners, from the message Pingora logs for it
+/// (`Downstream handshake error from 127.0.0.1:40000:  TLSHandshakeFailure
+/// context: TLS accept() failed: error:0A0000F4:SSL
+/// routines:ossl_statem_server_read_transition:unexpected
+/// message:ssl/statem/statem_srvr.c:342:`), or `None` if `message` is not
+/// one. OpenSSL's error is written as nginx writes it (`error:0A0000F4:SSL
+/// routines::unexpected message`); a connection closed during the handshake
+/// is nginx's `peer closed connection in SSL handshake`; and plain HTTP sent
+/// to the port is nginx's `client sent plain HTTP request to HTTPS port`
+/// (nginx then answers 400, which Pingora's closed connection cannot).
+/// nginx does not name the listener's address in these lines (its
+/// `server:`), as Pingora's message does not give it.
+pub fn tls_handshake_failed(message: &str) -> Option<String> {
+    const WHILE: &str = " while SSL handshaking";
+    if message.starts_with("Downstream handshake timeout") {
+        return Some(format!(
+            "client timed out (110: Connection timed out){WHILE}"
+        ));
+    }
+    let rest = message.strip_prefix("Downstream handshake error")?;
+    let (client, err) = match rest.strip_prefix(" from ") {
+        Some(r) => {
+            let (addr, err) = r.split_once(": ")?;
+            let ip = addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| addr.to_string());
+            (Some(ip), err)
+        }
+        None => (None, rest.strip_prefix(": ")?),
+    };
+    let err = err.trim();
+    let err = err
+        .rsplit_once("TLS accept() failed: ")
+        .map_or(err, |(_, e)| e);
+    let what = if err == "unexpected EOF" {
+        "peer closed connection in SSL handshake".to_string()
+    } else if let Some(e) = openssl_error(err) {
+        if e.ends_with("::http request") {
+            "client sent plain HTTP request to HTTPS port".to_string()
+        } else {
+            format!("SSL_do_handshake() failed (SSL: {e})")
+        }
+    } else {
+        format!("SSL_do_handshake() failed ({err})")
+    };
+    let client = client.map(|c| format!(", client: {c}")).unwrap_or_default();
+    Some(format!("{what}{WHILE}{client}"))
+}
+
+/// OpenSSL's error as the openssl crate writes it
+/// (`error:CODE:LIB:FUNCTION:REASON:FILE:LINE:`), as OpenSSL 3's
+/// `ERR_error_string_n` does, which nginx logs: `error:CODE:LIB::REASON`.
+fn openssl_error(text: &str) -> Option<String> {
+    let mut parts = text.splitn(6, ':');
+    let (Some("error"), Some(code), Some(lib), Some(_function), Some(reason)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    if code.is_empty() || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!("error:{code}:{lib}::{reason}"))
+}
+
 /// The errno in an error's text, as Rust's `io::Error` writes it
 /// (`Too many open files (os error 24)`).
 pub fn os_error_in(text: &str) -> Option<i32> {
@@ -1320,5 +1391,50 @@ mod tests {
     #[test]
     fn sf_string_escapes() {
         assert_eq!(sf_string("a\"b\\c\nd"), "\"a\\\"b\\\\c?d\"");
+    }
+
+    /// Pingora's messages as 0.9 logs them (taken from a running why502),
+    /// and the lines nginx 1.22 writes for the same clients.
+    #[test]
+    fn tls_handshake_failures_read_as_nginx_writes_them() {
+        let from = "Downstream handshake error from 127.0.0.1:38176:  TLSHandshakeFailure context: TLS accept() failed: ";
+        let cases = [
+            (
+                "error:0A0000F4:SSL routines:ossl_statem_server_read_transition:unexpected message:ssl/statem/statem_srvr.c:342:",
+                "SSL_do_handshake() failed (SSL: error:0A0000F4:SSL routines::unexpected message) while SSL handshaking, client: 127.0.0.1",
+            ),
+            (
+                "error:0A00009C:SSL routines:tls_validate_record_header:http request:ssl/record/methods/tlsany_meth.c:68:",
+                "client sent plain HTTP request to HTTPS port while SSL handshaking, client: 127.0.0.1",
+            ),
+            (
+                "unexpected EOF",
+                "peer closed connection in SSL handshake while SSL handshaking, client: 127.0.0.1",
+            ),
+            (
+                "something else",
+                "SSL_do_handshake() failed (something else) while SSL handshaking, client: 127.0.0.1",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(
+                tls_handshake_failed(&format!("{from}{err}")).as_deref(),
+                Some(want)
+            );
+        }
+        assert_eq!(
+            tls_handshake_failed("Downstream handshake error from [::1]:443: x").as_deref(),
+            Some("SSL_do_handshake() failed (x) while SSL handshaking, client: ::1")
+        );
+        assert_eq!(
+            tls_handshake_failed("Downstream handshake error: x").as_deref(),
+            Some("SSL_do_handshake() failed (x) while SSL handshaking")
+        );
+        assert_eq!(
+            tls_handshake_failed("Downstream handshake timeout").as_deref(),
+            Some("client timed out (110: Connection timed out) while SSL handshaking")
+        );
+        assert_eq!(tls_handshake_failed("Accept() failed (os error 24)"), None);
+        assert_eq!(openssl_error("error:zz:SSL routines:f:r"), None);
     }
 }

@@ -107,7 +107,10 @@ fn log_panics(rt: Arc<Runtime>) {
 /// say) only as a `log` record, `Accept() failed ... (os error 24)`, which
 /// reaches `tracing` through tracing-log: this writes it to the error log
 /// as nginx's `[crit] accept4() failed (24: Too many open files)`, as
-/// why502's own listeners do ([`crate::report::accept_failed`]).
+/// why502's own listeners do ([`crate::report::accept_failed`]). A failed
+/// TLS handshake, which Pingora's loop logs the same way, becomes nginx's
+/// `[info] SSL_do_handshake() failed (...) while SSL handshaking, client:
+/// ...` ([`crate::report::tls_handshake_failed`]).
 struct PingoraAccept(Arc<OnceLock<Arc<Runtime>>>);
 
 /// Pingora's module that logs a failed accept.
@@ -122,7 +125,15 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PingoraAccept {
         event.record(&mut f);
         // Events from `log` records carry the record's target as a field
         // (their metadata's target is `log`).
-        if f.target != PINGORA_ACCEPT_TARGET || !f.message.starts_with("Accept() failed") {
+        if f.target != PINGORA_ACCEPT_TARGET {
+            return;
+        }
+        if let Some(msg) = crate::report::tls_handshake_failed(&f.message) {
+            rt.errlog
+                .write_line(&crate::report::process_line("info", &msg));
+            return;
+        }
+        if !f.message.starts_with("Accept() failed") {
             return;
         }
         let e = match crate::report::os_error_in(&f.message) {

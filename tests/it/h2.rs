@@ -17,27 +17,9 @@ fn h2c(yaml: &str) -> String {
 
 /// `curl --http2-prior-knowledge`: (exit code, "http_version status size", headers).
 fn curl_h2(addr: &str, path: &str) -> (i32, String, String) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--http2-prior-knowledge",
-            "--max-time",
-            "20",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
-        .args(["-w", "\n%{http_version} %{http_code} %{size_download}"])
-        .arg(format!("http://{addr}{path}"))
-        .output()
-        .expect("curl is required (tests/setup.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (headers, summary) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (
-        out.status.code().unwrap_or(-1),
-        summary.to_string(),
-        headers.to_ascii_lowercase(),
+    curl_summary(
+        &["--http2-prior-knowledge"],
+        &format!("http://{addr}{path}"),
     )
 }
 

@@ -458,6 +458,25 @@ pub fn php_site(dir: &Path, spec: PoolSpec, files: &[(&str, &str)]) -> (Fpm, Pro
     (f, p)
 }
 
+/// `curl` with `args` for `url`, the body discarded: (exit code,
+/// "http_version status size", lower-cased response headers).
+pub fn curl_summary(args: &[&str], url: &str) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-D", "-", "-o", "/dev/null"])
+        .args(args)
+        .args(["-w", "\n%{http_version} %{http_code} %{size_download}"])
+        .arg(url)
+        .output()
+        .expect("curl is required (tests/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (headers, summary) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (
+        out.status.code().unwrap_or(-1),
+        summary.to_string(),
+        headers.to_ascii_lowercase(),
+    )
+}
+
 /// The demo scripts' directory as a string (the document root for most tests).
 pub fn www() -> String {
     why502::fpm::demo_www().display().to_string()

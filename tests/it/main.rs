@@ -24,6 +24,7 @@ mod process;
 mod send;
 mod streaming;
 mod surfaces;
+mod tls;
 
 use std::path::Path;
 
