@@ -291,8 +291,8 @@ pub fn accept_failed(errlog: &ErrorLog, e: &std::io::Error) {
 /// is nginx's `peer closed connection in SSL handshake`; and plain HTTP sent
 /// to the port is nginx's `client sent plain HTTP request to HTTPS port`
 /// (nginx then answers 400, which Pingora's closed connection cannot).
-/// nginx does not name the listener's address in these lines (its
-/// `server:`), as Pingora's message does not give it.
+/// These lines lack nginx's `, server: ADDR`: Pingora's message does not
+/// name the listener.
 pub fn tls_handshake_failed(message: &str) -> Option<String> {
     const WHILE: &str = " while SSL handshaking";
     if message.starts_with("Downstream handshake timeout") {

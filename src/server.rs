@@ -14,7 +14,8 @@ use crate::proxy::{Runtime, Why502};
 /// Sets up `tracing`: the failure events (JSON lines, [`crate::events`])
 /// to the events file or stderr; other events (Pingora's errors, filtered by
 /// `WHY502_LOG`) as tracing-subscriber's JSON to the same place; and
-/// Pingora's failed accepts to the error log, once `errlog` is set.
+/// Pingora's failed accepts and TLS handshakes to the error log, once
+/// `errlog` is set.
 pub fn init_tracing(config: &Config, errlog: Arc<OnceLock<Arc<Runtime>>>) -> Result<(), String> {
     use tracing_subscriber::filter::{filter_fn, EnvFilter};
     use tracing_subscriber::layer::SubscriberExt;
@@ -66,7 +67,10 @@ pub fn init_tracing(config: &Config, errlog: Arc<OnceLock<Arc<Runtime>>>) -> Res
         .with(filter)
         .with(EventsLayer::new(sink).with_filter(filter_fn(|m| m.target() == TARGET)))
         .with(other.with_filter(filter_fn(|m| m.target() != TARGET)))
-        .with(PingoraAccept(errlog).with_filter(filter_fn(|m| *m.level() == tracing::Level::ERROR)))
+        .with(
+            PingoraListenerLog(errlog)
+                .with_filter(filter_fn(|m| *m.level() == tracing::Level::ERROR)),
+        )
         .try_init()
         .map_err(|e| format!("cannot initialize logging: {e}"))
 }
@@ -111,12 +115,12 @@ fn log_panics(rt: Arc<Runtime>) {
 /// TLS handshake, which Pingora's loop logs the same way, becomes nginx's
 /// `[info] SSL_do_handshake() failed (...) while SSL handshaking, client:
 /// ...` ([`crate::report::tls_handshake_failed`]).
-struct PingoraAccept(Arc<OnceLock<Arc<Runtime>>>);
+struct PingoraListenerLog(Arc<OnceLock<Arc<Runtime>>>);
 
-/// Pingora's module that logs a failed accept.
-const PINGORA_ACCEPT_TARGET: &str = "pingora_core::services::listening";
+/// Pingora's module that logs a failed accept or TLS handshake.
+const PINGORA_LISTENING_TARGET: &str = "pingora_core::services::listening";
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PingoraAccept {
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PingoraListenerLog {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
         let Some(rt) = self.0.get() else {
             return;
@@ -125,7 +129,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PingoraAccept {
         event.record(&mut f);
         // Events from `log` records carry the record's target as a field
         // (their metadata's target is `log`).
-        if f.target != PINGORA_ACCEPT_TARGET {
+        if f.target != PINGORA_LISTENING_TARGET {
             return;
         }
         if let Some(msg) = crate::report::tls_handshake_failed(&f.message) {
